@@ -1,0 +1,585 @@
+"""Preprocessing: the one implementation that training and the Jetson runtime share.
+
+A model card stores a :class:`PreprocessConfig` under ``"preprocessing"``; both sides build
+their tensors from it with the functions below, so a model never sees pixels prepared
+differently from the ones it was trained on.
+
+The pipeline has two halves, and training puts augmentation between them::
+
+    image (RGB uint8 / grey uint8|uint16)
+      -> prepare(image, cfg, size=working)  # geometry + photometry that define the input:
+                                            # fundus disc crop, Ben Graham, mask; CXR window
+      -> [training only: augmentation on the uint8 HxWxC image]
+      -> to_tensor(prepared, cfg)           # resize to cfg.size, /255, (x-mean)/std, CHW
+
+Why this order: ``prepare`` removes what differs between cameras and scanners (where the
+fundus disc lies and how big it is, illumination, bit depth) so augmentation starts from
+the canonical picture the runtime will also produce; augmenting first would make the
+crop and the Ben Graham blur depend on the random transform.  Augmentation works on
+uint8 images (what albumentations and cv2 expect), at a working resolution that may be
+larger than ``cfg.size`` so that random crops and rotations do not lose detail, and
+``to_tensor`` resizes last.  Normalisation comes last because it is the only step that
+produces floats and it is cheap.
+
+Runtime code: numpy + OpenCV + stdlib only (no torch, no PIL), no Python loops over
+pixels.  The fundus disc is found on a copy at most ``_DISC_WORK_SIDE`` pixels long.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import CardError, ImageError
+from .labels import MODALITIES
+
+__all__ = [
+    "Disc",
+    "PreprocessConfig",
+    "find_fundus_disc",
+    "prepare",
+    "preprocess",
+    "preprocess_batch",
+    "to_grey",
+    "to_rgb",
+    "to_tensor",
+]
+
+# ---------------------------------------------------------------------------------------
+# Config
+
+
+_REQUIRED = ("modality", "size", "channels", "mean", "std")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Plain data: how to turn a decoded image into a model input.  Stored in model.json.
+
+    ``mean``/``std`` apply to values scaled to [0, 1], one per output channel.
+    Fields prefixed by a modality's options are ignored for the other modalities.
+    """
+
+    modality: str
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # fundus
+    crop_to_disc: bool = True
+    ben_graham: bool = True
+    ben_graham_sigma_frac: float = 1 / 30
+    circle_mask: bool = True
+    mask_radius_frac: float = 0.95
+    # oct
+    denoise: bool = False
+    # cxr
+    window_percentiles: tuple[float, float] = (0.5, 99.5)
+    clahe: bool = False
+    clahe_clip: float = 2.0
+
+    def __post_init__(self) -> None:
+        # Lists (from JSON or a caller) become tuples so the config stays hashable.
+        for name in ("mean", "std", "window_percentiles"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        _check_values(self, "preprocessing")
+
+    @classmethod
+    def default(cls, modality: str, size: int) -> PreprocessConfig:
+        """Sensible per-modality defaults.
+
+        - fundus: 3 channels, Ben Graham output is centred on 128, so mean = std = 0.5
+          maps it to [-1, 1].
+        - oct: 1 channel.  OCT B-scans are grey; replicating them costs 3x the input
+          bandwidth for no information, and our OCT models are trained from scratch
+          (no hub weights), so there is no ImageNet stem to feed.  mean = std = 0.5.
+        - cxr: 3 channels (backbones such as DenseNet-121, as in AG-CNN, expect them);
+          windowed values are spread over [0, 1], so mean = std = 0.5.
+        """
+        if modality not in MODALITIES:
+            raise CardError(
+                f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}",
+                field="preprocessing.modality",
+            )
+        channels = 1 if modality == "oct" else 3
+        return cls(
+            modality=modality,
+            size=size,
+            channels=channels,
+            mean=(0.5,) * channels,
+            std=(0.5,) * channels,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "preprocessing") -> PreprocessConfig:
+        if not isinstance(d, Mapping):
+            raise CardError(f"expected an object, got {type(d).__name__}", field=where)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise CardError(
+                f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}",
+                field=f"{where}.{unknown[0]}",
+            )
+        for name in _REQUIRED:
+            if name not in d:
+                raise CardError("required field is missing", field=f"{where}.{name}")
+        values = {}
+        for name, value in d.items():
+            values[name] = _check_type(name, value, _FIELD_TYPES[name], f"{where}.{name}")
+        merged = {name: values.get(name, f.default) for name, f in known.items()}
+        _check_values(SimpleNamespace(**merged), where)
+        return cls(**values)
+
+
+# Field -> expected JSON type: "int", "float", "bool", "str", "floats" (list), "pair".
+_FIELD_TYPES = {
+    "modality": "str",
+    "size": "int",
+    "channels": "int",
+    "mean": "floats",
+    "std": "floats",
+    "crop_to_disc": "bool",
+    "ben_graham": "bool",
+    "ben_graham_sigma_frac": "float",
+    "circle_mask": "bool",
+    "mask_radius_frac": "float",
+    "denoise": "bool",
+    "window_percentiles": "pair",
+    "clahe": "bool",
+    "clahe_clip": "float",
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_type(name: str, value: Any, kind: str, field: str) -> Any:
+    """Return ``value`` normalised to its Python type, or raise CardError naming ``field``."""
+    if kind == "str":
+        if not isinstance(value, str):
+            raise CardError(f"expected a string, got {value!r}", field=field)
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CardError(f"expected an integer, got {value!r}", field=field)
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise CardError(f"expected true or false, got {value!r}", field=field)
+        return value
+    if kind == "float":
+        if not _is_number(value):
+            raise CardError(f"expected a number, got {value!r}", field=field)
+        return float(value)
+    if kind in ("floats", "pair"):
+        if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
+            raise CardError(f"expected a list of numbers, got {value!r}", field=field)
+        if kind == "pair" and len(value) != 2:
+            raise CardError(f"expected two numbers [low, high], got {value!r}", field=field)
+        return tuple(float(v) for v in value)
+    raise AssertionError(kind)
+
+
+def _check_values(cfg: PreprocessConfig | SimpleNamespace, where: str) -> None:
+    def bad(name: str, problem: str) -> CardError:
+        return CardError(problem, field=f"{where}.{name}")
+
+    if cfg.modality not in MODALITIES:
+        raise bad("modality", f"unknown modality {cfg.modality!r}; expected one of {MODALITIES}")
+    if isinstance(cfg.size, bool) or not isinstance(cfg.size, int) or cfg.size < 8:
+        raise bad("size", f"must be an integer >= 8, got {cfg.size!r}")
+    if cfg.channels not in (1, 3) or isinstance(cfg.channels, bool):
+        raise bad("channels", f"must be 1 or 3, got {cfg.channels!r}")
+    for name in ("mean", "std"):
+        value = getattr(cfg, name)
+        if not isinstance(value, tuple) or not all(_is_number(v) for v in value):
+            raise bad(name, f"must be a list of numbers, got {value!r}")
+        if len(value) != cfg.channels:
+            raise bad(name, f"needs {cfg.channels} value(s) (one per channel), got {len(value)}")
+    if any(s <= 0 for s in cfg.std):
+        raise bad("std", f"every value must be > 0, got {list(cfg.std)}")
+    if not (_is_number(cfg.ben_graham_sigma_frac) and cfg.ben_graham_sigma_frac > 0):
+        raise bad("ben_graham_sigma_frac", f"must be > 0, got {cfg.ben_graham_sigma_frac!r}")
+    if not (_is_number(cfg.mask_radius_frac) and 0 < cfg.mask_radius_frac <= 1):
+        raise bad("mask_radius_frac", f"must be in (0, 1], got {cfg.mask_radius_frac!r}")
+    wp = cfg.window_percentiles
+    if not (
+        isinstance(wp, tuple)
+        and len(wp) == 2
+        and all(_is_number(v) for v in wp)
+        and 0 <= wp[0] < wp[1] <= 100
+    ):
+        raise bad("window_percentiles", f"must be [low, high] with 0 <= low < high <= 100, got {wp!r}")
+    if not (_is_number(cfg.clahe_clip) and cfg.clahe_clip > 0):
+        raise bad("clahe_clip", f"must be > 0, got {cfg.clahe_clip!r}")
+    for name in ("crop_to_disc", "ben_graham", "circle_mask", "denoise", "clahe"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise bad(name, f"expected true or false, got {getattr(cfg, name)!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Colour / bit-depth conversion
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise ImageError("<array>", f"expected a numpy array, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageError("<array>", f"unsupported pixel type {image.dtype}: expected uint8/uint16")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ImageError("<array>", f"unsupported image shape {image.shape}: expected HxW or HxWx3")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError("<array>", f"empty image {image.shape}")
+    return image
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    return cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Any supported image -> RGB uint8 HxWx3 (grey is replicated, 16 bit scaled)."""
+    image = _to_uint8(_check_image(image))
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    return image
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Any supported image -> grey HxW, keeping the bit depth (uint8 or uint16)."""
+    image = _check_image(image)
+    if image.ndim == 2:
+        return image
+    code = cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY
+    return cv2.cvtColor(image, code)
+
+
+def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 HxW or HxWx3 -> HxWxC."""
+    if channels == 3:
+        return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image[:, :, None]
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    # INTER_AREA averages properly when shrinking a lot; below 2x it is slow at
+    # non-integer ratios and linear is as good.
+    factor = max(w / width, h / height)
+    interp = cv2.INTER_AREA if factor >= 2 else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+# ---------------------------------------------------------------------------------------
+# Fundus disc (the circular field of view of a fundus camera, not the optic disc)
+
+_DISC_WORK_SIDE = 256
+
+
+@dataclass(frozen=True)
+class Disc:
+    """The fundus camera's circular field of view, in source-image pixels.
+
+    When ``found`` is False the geometry is a fallback (image centre, radius half the
+    longer side, so a square crop keeps the whole image) and must not be trusted.
+    ``fov_fraction``: share of the circle's area that lies inside the image.
+    ``fit_iou``: overlap of the bright region with the fitted circle (inside the image),
+    1.0 for a clean disc; low for a shape that is not a circle.
+    """
+
+    cx: float
+    cy: float
+    radius: float
+    found: bool
+    clipped: bool
+    fov_fraction: float = 1.0
+    fit_iou: float = 0.0
+
+    @classmethod
+    def fallback(cls, height: int, width: int) -> Disc:
+        return cls(width / 2, height / 2, max(height, width) / 2, False, False, 0.0, 0.0)
+
+
+def _circle_fraction_inside(cx: float, cy: float, r: float, h: int, w: int) -> float:
+    """Share of a circle's area inside the rectangle [0, w] x [0, h] (numerical, exact enough)."""
+    n = 2048
+    x = cx + r * ((np.arange(n) + 0.5) / n * 2 - 1)
+    half = np.sqrt(np.maximum(r * r - (x - cx) ** 2, 0.0))
+    chord = np.clip(cy + half, 0, h) - np.clip(cy - half, 0, h)
+    inside = (x >= 0) & (x <= w)
+    area = float(np.sum(chord * inside)) * (2 * r / n)
+    return min(area / (math.pi * r * r), 1.0)
+
+
+def _fit_circle(pts: np.ndarray) -> tuple[float, float, float]:
+    """Algebraic (Kasa) least-squares circle through points (N, 2)."""
+    x, y = pts[:, 0], pts[:, 1]
+    a = np.stack([x, y, np.ones_like(x)], axis=1)
+    b = x * x + y * y
+    (c0, c1, c2), *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = c0 / 2, c1 / 2
+    return cx, cy, math.sqrt(max(c2 + cx * cx + cy * cy, 0.0))
+
+
+def find_fundus_disc(image: np.ndarray) -> Disc:
+    """Find the fundus field-of-view circle: threshold, largest blob, convex hull, circle fit.
+
+    Robust to black borders, off-centre discs, notches (the convex hull bridges inward
+    notches; a robust refit drops outward tabs) and circles clipped by the frame (hull
+    points on the image border are not used for the fit).  Grey or non-fundus images
+    (flat frames, chest X-rays filling the frame) give ``found=False`` because their
+    bright region has no circular edge inside the image.
+    """
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    fallback = Disc.fallback(h, w)
+    scale = min(1.0, _DISC_WORK_SIDE / max(h, w))
+    small = _to_uint8(image)
+    if scale < 1.0:
+        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = cv2.resize(small, (sw, sh), interpolation=cv2.INTER_AREA)
+    sh, sw = small.shape[:2]
+    if min(sh, sw) < 16:
+        return fallback
+    # Brightest channel: fundus is red-dominant, and this also works for grey images.
+    if small.ndim == 2:
+        v = small
+    else:
+        v = cv2.max(cv2.max(small[:, :, 0], small[:, :, 1]), small[:, :, 2])
+    top = float(np.percentile(v, 99))
+    if top < 8:  # black frame
+        return fallback
+    # Camera borders are near 0 (JPEG noise < ~6); fundus edges, even dark ones, above.
+    thresh = min(max(0.08 * top, 6.0), 30.0)
+    mask = (v > thresh).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return fallback
+    blob = max(contours, key=cv2.contourArea)
+    if cv2.contourArea(blob) < 0.05 * sh * sw:
+        return fallback
+    hull_mask = np.zeros((sh, sw), np.uint8)
+    cv2.drawContours(hull_mask, [cv2.convexHull(blob)], -1, 1, thickness=cv2.FILLED)
+    edge, _ = cv2.findContours(hull_mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = edge[0][:, 0, :].astype(np.float64)
+    margin = 2
+    keep = (
+        (pts[:, 0] > margin)
+        & (pts[:, 0] < sw - 1 - margin)
+        & (pts[:, 1] > margin)
+        & (pts[:, 1] < sh - 1 - margin)
+    )
+    pts = pts[keep]
+    if len(pts) < 20:
+        return fallback
+    # Pixel centres of the boundary lie half a pixel inside the true edge.
+    cx, cy, r = _fit_circle(pts)
+    for _ in range(2):  # robust refit: drop outward tabs and stray hull segments
+        d = np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - r
+        mad = float(np.median(np.abs(d))) + 1e-6
+        inl = np.abs(d) < max(2.0, 4 * mad)
+        if inl.sum() < 20:
+            return fallback
+        cx, cy, r = _fit_circle(pts[inl])
+    # The inliers must span a real arc, not a nearly straight edge (CXR collimation).
+    ang = np.arctan2(pts[inl, 1] - cy, pts[inl, 0] - cx)
+    span_bins = np.unique(np.floor((ang + math.pi) / (2 * math.pi) * 16).astype(int) % 16)
+    r_src = (r + 0.5) / scale
+    cx_src = (cx + 0.5) / scale - 0.5
+    cy_src = (cy + 0.5) / scale - 0.5
+    circle = np.zeros((sh, sw), np.uint8)
+    cv2.circle(circle, (round(cx * 16), round(cy * 16)), round(r * 16), 1, cv2.FILLED, shift=4)
+    inter = int(np.count_nonzero(circle & hull_mask))
+    union = int(np.count_nonzero(circle | hull_mask))
+    iou = inter / union if union else 0.0
+    fov = _circle_fraction_inside(cx_src + 0.5, cy_src + 0.5, r_src, h, w)
+    clipped = bool(
+        cx_src - r_src < -1 or cy_src - r_src < -1 or cx_src + r_src > w or cy_src + r_src > h
+    )
+    found = bool(
+        len(span_bins) >= 3
+        and iou >= 0.85
+        and 0.1 * min(h, w) <= r_src <= 1.5 * max(h, w)
+        and fov >= 0.1
+    )
+    if not found:
+        return Disc(fallback.cx, fallback.cy, fallback.radius, False, clipped, fov, iou)
+    return Disc(cx_src, cy_src, r_src, True, clipped, fov, iou)
+
+
+def _crop_square(image: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:
+    """Square [cx-half, cx+half]^2 resized to size x size, black where it leaves the image."""
+    h, w = image.shape[:2]
+    side = max(1, round(2 * half))
+    x0, y0 = round(cx - half), round(cy - half)
+    x1, y1 = x0 + side, y0 + side
+    crop = image[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)]
+    if crop.size == 0:
+        shape = (size, size) + image.shape[2:]
+        return np.zeros(shape, image.dtype)
+    pads = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
+    if any(pads):
+        crop = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_CONSTANT, value=0)
+    return _resize(crop, size, size)
+
+
+def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur; a wide one is computed at reduced resolution (4-10x faster).
+
+    The blur keeps only low frequencies, so blurring a copy shrunk by k (sigma/k >= 2 px)
+    and enlarging it back differs from the full-size blur by a grey level or two.
+    """
+    k = int(sigma // 2)
+    if k < 2:
+        return cv2.GaussianBlur(image, (0, 0), sigma)
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma * small.shape[1] / w)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _prepare_fundus(image: np.ndarray, cfg: PreprocessConfig, size: int, disc: Disc | None):
+    rgb = to_rgb(image)
+    h, w = rgb.shape[:2]
+    if disc is None:
+        disc = find_fundus_disc(rgb)
+    if cfg.crop_to_disc:
+        cx, cy, half = disc.cx, disc.cy, disc.radius
+    else:
+        cx, cy, half = w / 2, h / 2, max(h, w) / 2
+    # Centre of pixel i is at i (cv2 convention); the square covers [cx-half, cx+half].
+    out = _crop_square(rgb, cx + 0.5, cy + 0.5, half, size)
+    s = size / (2 * half)
+    ocx, ocy, orad = (disc.cx - cx) * s + size / 2, (disc.cy - cy) * s + size / 2, disc.radius * s
+    if cfg.ben_graham:
+        blur = _wide_blur(out, max(cfg.ben_graham_sigma_frac * orad, 0.5))
+        out = cv2.addWeighted(out, 4.0, blur, -4.0, 128.0)
+    if cfg.circle_mask:
+        mask = np.zeros((size, size), np.uint8)
+        centre = (round((ocx - 0.5) * 16), round((ocy - 0.5) * 16))
+        cv2.circle(mask, centre, round(cfg.mask_radius_frac * orad * 16), 255, cv2.FILLED, cv2.LINE_8, 4)
+        # Where the disc is clipped by the frame, Ben Graham leaves a bright/dark band
+        # along the cut; trim the same margin there as at the circle's edge.
+        if cfg.ben_graham:
+            m = (1 - cfg.mask_radius_frac) * orad
+            left, top = (-0.5 - (cx - half)) * s + m, (-0.5 - (cy - half)) * s + m
+            right, bottom = left + w * s - 2 * m, top + h * s - 2 * m
+            keep = np.zeros_like(mask)
+            pt1 = (max(0, math.ceil(left)), max(0, math.ceil(top)))
+            pt2 = (min(size - 1, math.floor(right) - 1), min(size - 1, math.floor(bottom) - 1))
+            cv2.rectangle(keep, pt1, pt2, 255, cv2.FILLED)
+            mask = cv2.bitwise_and(mask, keep)
+        out = cv2.bitwise_and(out, out, mask=mask)
+    return out
+
+
+def _window_lut(grey: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Percentile windowing to uint8 through a lookup table.
+
+    Percentiles are taken as actual pixel values (lower rank), and the table is built
+    with exact division, so a 16-bit image equal to an 8-bit one times 257 gives the
+    identical output.
+    """
+    levels = 256 if grey.dtype == np.uint8 else 65536
+    hist = np.bincount(grey.ravel(), minlength=levels)
+    cdf = np.cumsum(hist)
+    n = cdf[-1]
+    lo_q, hi_q = percentiles
+    lo = int(np.searchsorted(cdf, max(lo_q / 100 * n, 1), side="left"))
+    hi = int(np.searchsorted(cdf, max(hi_q / 100 * n, 1), side="left"))
+    values = np.arange(levels, dtype=np.float64)
+    if hi <= lo:  # flat image: everything maps to mid grey-ish step
+        lut = np.where(values > lo, 255, 0).astype(np.uint8)
+    else:
+        lut = np.clip(np.rint((values - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+    return lut[grey]
+
+
+def prepare(
+    image: np.ndarray, cfg: PreprocessConfig, *, size: int | None = None, disc: Disc | None = None
+) -> np.ndarray:
+    """Image -> uint8 ``size x size x cfg.channels`` canonical picture (see module doc).
+
+    ``disc`` (fundus only) skips the disc search when the quality gate already ran it.
+    """
+    size = int(size or cfg.size)
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    if cfg.modality == "fundus":
+        out = _prepare_fundus(image, cfg, size, disc)
+    elif cfg.modality == "oct":
+        grey = _to_uint8(to_grey(image))
+        out = _resize(grey, size, size)
+        if cfg.denoise:
+            # Median 3x3 after resizing: speckle is granular, the median removes it while
+            # keeping retinal layer edges, and it costs well under a millisecond on a
+            # Jetson CPU (fastNlMeans would be ~100x slower for little gain at 224-512 px).
+            out = cv2.medianBlur(out, 3)
+    elif cfg.modality == "cxr":
+        grey = to_grey(image)
+        # Window at full bit depth first, then resize the uint8 result.
+        out = _resize(_window_lut(grey, cfg.window_percentiles), size, size)
+        if cfg.clahe:
+            clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(8, 8))
+            out = clahe.apply(out)
+    else:  # pragma: no cover - config validation forbids it
+        raise CardError(f"unknown modality {cfg.modality!r}", field="preprocessing.modality")
+    return np.ascontiguousarray(_to_channels(out, cfg.channels))
+
+
+def to_tensor(prepared: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """uint8 HxWxC (or HxW) -> float32 (C, cfg.size, cfg.size), /255, (x - mean) / std."""
+    if prepared.dtype != np.uint8:
+        raise ImageError("<array>", f"to_tensor expects uint8 (from prepare), got {prepared.dtype}")
+    if prepared.ndim == 3 and prepared.shape[2] == 1:
+        prepared = prepared[:, :, 0]
+    img = _resize(prepared, cfg.size, cfg.size)
+    img = _to_channels(img, cfg.channels)
+    mean = np.asarray(cfg.mean, np.float32) * 255.0
+    inv = 1.0 / (np.asarray(cfg.std, np.float32) * 255.0)
+    x = (img.astype(np.float32) - mean) * inv
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(image: np.ndarray, cfg: PreprocessConfig, *, disc: Disc | None = None) -> np.ndarray:
+    """prepare at ``cfg.size`` then to_tensor: float32 (C, size, size)."""
+    return to_tensor(prepare(image, cfg, disc=disc), cfg)
+
+
+def preprocess_batch(
+    images: Iterable[np.ndarray] | Sequence[np.ndarray], cfg: PreprocessConfig
+) -> np.ndarray:
+    """float32 (N, C, size, size); N may be 0."""
+    tensors = [preprocess(im, cfg) for im in images]
+    if not tensors:
+        return np.zeros((0, cfg.channels, cfg.size, cfg.size), np.float32)
+    return np.stack(tensors)
