@@ -148,19 +148,22 @@ class Screener:
             if not report.gradable:
                 retake = card.decision.actions.get("ungradable", "image ungradable: retake")
                 early = self._early(name, "ungradable", f"{retake} ({'; '.join(report.reasons)})",
-                                    quality=report.to_dict(), timings=timings)
+                                    quality=report.to_dict(), timings_ms=timings)
                 return _Prepared(name, None, early, report.to_dict(), timings)
             start = time.perf_counter()
             tensor = preprocess(array, card.preprocessing, disc=disc)
             timings["preprocess"] = _ms(start)
             return _Prepared(name, tensor, None, report.to_dict(), timings)
         except EdgescreenError as exc:
-            return _Prepared(name, None, self._early(name, "failed", str(exc), error=str(exc), timings=timings),
-                             {}, timings)
+            return self._failed(name, str(exc), timings)
         except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch
-            error = str(ImageError(name, f"unexpected error: {type(exc).__name__}: {exc}"))
-            return _Prepared(name, None, self._early(name, "failed", error, error=error, timings=timings),
-                             {}, timings)
+            return self._failed(name, str(ImageError(name, f"unexpected error: {type(exc).__name__}: {exc}")),
+                                timings)
+
+    def _failed(self, name: str, error: str, timings: dict[str, float]) -> _Prepared:
+        early = self._early(name, "failed", f"could not screen this image, check the file and retake: {error}",
+                            error=error, timings_ms=timings)
+        return _Prepared(name, None, early, {}, timings)
 
     def _early(self, name: str, status: str, action: str, **fields: object) -> ScreeningResult:
         return ScreeningResult(image=name, status=status, task=self.card.task, decision=status,  # type: ignore[arg-type]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgescreen.runtime.errors import EdgescreenError
 from edgescreen.runtime.labels import CXR_FINDINGS, DR_GRADES, NO_FINDING, OCT_CLASSES
 from edgescreen.train.data.loaders import (
@@ -59,9 +58,19 @@ def problem_lines(ls: LabelledSet) -> dict[int, str]:
 
 def test_row_problem_str_and_summary():
     assert str(RowProblem("a.csv", 3, "bad grade")) == "a.csv:3: bad grade"
-    s = [Sample(None, 0, "p1", "train"), Sample(None, 2, "p1", "test"), Sample(None, 2, "p2", "test")]
+    s = [
+        Sample(None, 0, "p1", "train"),
+        Sample(None, 2, "p1", "test"),
+        Sample(None, 2, "p2", "test"),
+    ]
     ls = LabelledSet("x", "dr", DR_GRADES, s, [RowProblem("a.csv", 3, "bad grade")])
-    assert ls.class_counts() == {"no_dr": 1, "mild": 0, "moderate": 2, "severe": 0, "proliferative": 0}
+    assert ls.class_counts() == {
+        "no_dr": 1,
+        "mild": 0,
+        "moderate": 2,
+        "severe": 0,
+        "proliferative": 0,
+    }
     assert ls.class_counts("test")["moderate"] == 2
     text = ls.summary()
     assert "3 images, 2 patients, 1 problems" in text and "a.csv:3: bad grade" in text
@@ -231,7 +240,9 @@ def test_nih_pipes_no_finding_and_official_lists(tmp_path):
     assert [s.patient for s in ls.samples] == ["1", "1", "2"]
     assert [s.split for s in ls.samples] == ["trainval", "trainval", "test"]
     lab = ls.samples[1].label
-    assert lab[CXR_FINDINGS.index("Cardiomegaly")] == 1 and lab[CXR_FINDINGS.index("Emphysema")] == 1
+    assert (
+        lab[CXR_FINDINGS.index("Cardiomegaly")] == 1 and lab[CXR_FINDINGS.index("Emphysema")] == 1
+    )
     assert sum(lab) == 2 and sum(ls.samples[2].label) == 0
     lines = problem_lines(ls)
     assert sorted(lines) == [5, 6, 7]
@@ -260,11 +271,19 @@ def test_medmnist_flags(tmp_path):
         {"train": np.array([[0], [1], [2], [3]]), "val": np.array([[3]]), "test": np.array([[7]])},
     )
     ls = load_medmnist(oct_npz, "octmnist")
-    assert [OCT_CLASSES[s.label] for s in ls.samples] == ["CNV", "DME", "DRUSEN", "NORMAL", "NORMAL"]
+    assert [OCT_CLASSES[s.label] for s in ls.samples] == [
+        "CNV",
+        "DME",
+        "DRUSEN",
+        "NORMAL",
+        "NORMAL",
+    ]
     assert [s.split for s in ls.samples] == ["train"] * 4 + ["val"]
     assert ls.samples[0].path is None and ls.samples[0].array.shape == (28, 28)
     assert ls.samples[4].patient == "octmnist-val-0"
-    assert len(ls.problems) == 1 and ls.problems[0].line == 1 and "test_labels" in ls.problems[0].file
+    assert (
+        len(ls.problems) == 1 and ls.problems[0].line == 1 and "test_labels" in ls.problems[0].file
+    )
 
     chest = np.zeros((3, 14), dtype=np.uint8)
     chest[1, CXR_FINDINGS.index("Hernia")] = 1
@@ -287,7 +306,10 @@ def test_medmnist_flags(tmp_path):
 def test_generic_csv(tmp_path):
     write_image(tmp_path / "imgs" / "a.png", 1)
     write_image(tmp_path / "imgs" / "b.png", 2)
-    write_text(tmp_path / "dr.csv", "path,label,patient\nimgs/a.png,3,P1\nimgs/b.png,2,\nimgs/c.png,1,P2\nimgs/a.png,x,P1\n")
+    write_text(
+        tmp_path / "dr.csv",
+        "path,label,patient\nimgs/a.png,3,P1\nimgs/b.png,2,\nimgs/c.png,1,P2\nimgs/a.png,x,P1\n",
+    )
     ls = load_generic_csv(tmp_path / "dr.csv", "dr")
     assert [(s.label, s.patient) for s in ls.samples] == [(3, "P1"), (2, "b")]
     assert sorted(problem_lines(ls)) == [4, 5]
@@ -312,6 +334,10 @@ def test_load_dataset_specs(tmp_path):
         load_dataset(str(tmp_path / "nothing-here"))
     with pytest.raises(EdgescreenError, match="not found"):
         load_dataset(f"aptos:{tmp_path / 'missing'}")
+    write_text(tmp_path / "bad" / "labels.csv", "path,label\nnope.png,1\n")
+    assert len(load_dataset(f"csv-dr:{tmp_path / 'bad'}").problems) == 1
+    with pytest.raises(EdgescreenError, match=r"labels.csv:2: image not found"):
+        load_dataset(f"csv-dr:{tmp_path / 'bad'}", strict=True)
 
 
 # ---------------------------------------------------------------- the real shared sets
@@ -353,3 +379,6 @@ def test_real_pneumoniamnist(pneumoniamnist_dir):
     assert not ls.problems and len(ls) == 1148
     assert ls.class_counts() == {"normal": 369, "pneumonia": 779}
     assert sniff_format(pneumoniamnist_dir) == "pneumoniamnist"
+    npz = load_dataset(f"medmnist-pneumonia:{next(pneumoniamnist_dir.glob('*.npz'))}")
+    for sp in ("val", "test"):  # the PNGs are the npz's official val and test
+        assert ls.class_counts(sp) == npz.class_counts(sp)

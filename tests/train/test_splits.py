@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgescreen.runtime.errors import EdgescreenError
 from edgescreen.train.data.loaders import load_cxr14_mini, load_srahim_fundus
 from edgescreen.train.data.records import Sample
@@ -40,7 +39,9 @@ def _assert_patient_disjoint(splits):
     seen: dict[str, str] = {}
     for name, members in splits.items():
         for s in members:
-            assert seen.setdefault(s.patient, name) == name, f"{s.patient} in {seen[s.patient]} and {name}"
+            assert seen.setdefault(s.patient, name) == name, (
+                f"{s.patient} in {seen[s.patient]} and {name}"
+            )
 
 
 def _stratum(s: Sample) -> int:
@@ -141,7 +142,9 @@ def test_duplicates_merge_patients(twins):
 
 def test_check_disjoint_names_duplicate_pair(twins):
     splits = {"train": [t for t in twins if t.patient != "P11"], "test": [twins[11]]}
-    with pytest.raises(EdgescreenError, match=r"byte-identical.*P03\.jpg \(train\).*P11\.jpg \(test\)"):
+    with pytest.raises(
+        EdgescreenError, match=r"byte-identical.*P03\.jpg \(train\).*P11\.jpg \(test\)"
+    ):
         check_disjoint(splits)
 
 

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-
 from edgescreen.runtime.errors import EdgescreenError
 from edgescreen.runtime.labels import CXR_FINDINGS, DR_GRADES, NO_FINDING, OCT_CLASSES
 from edgescreen.train.data.records import UNGRADABLE, LabelledSet, RowProblem, Sample
@@ -140,6 +139,8 @@ def load_aptos(root: str | Path, *, strict: bool = False) -> LabelledSet:
     root = Path(root)
     problems: list[RowProblem] = []
     rows = _Rows(root / "train.csv", problems)
+    if not (root / "train_images").is_dir():
+        raise EdgescreenError(f"{root / 'train_images'}: image folder not found")
     images = _index_images(root / "train_images", "*")
     samples = []
     for line, r in rows.read(("id_code", "diagnosis")):
@@ -448,7 +449,7 @@ def load_medmnist(npz_path: str | Path, flag: str, *, strict: bool = False) -> L
 # ---------------------------------------------------------------- the shared sets
 
 _PATIENT_NNN = re.compile(r"(Patient\d+)")
-_EYE_LR = re.compile(r"_([LR])\.[^.]+$")
+_EYE_LR = re.compile(r"[_-]([LR])\.[^.]+$")  # one file is "Patient254-R.jpg"
 
 
 def load_srahim_fundus(root: str | Path, *, strict: bool = False) -> LabelledSet:
@@ -604,30 +605,39 @@ def load_generic_csv(csv_path: str | Path, task: str, *, strict: bool = False) -
 
 # ---------------------------------------------------------------- by name
 
-LOADERS: dict[str, Callable[[Path], LabelledSet]] = {
+
+def _medmnist(flag: str) -> Callable[..., LabelledSet]:
+    return lambda path, strict=False: load_medmnist(path, flag, strict=strict)
+
+
+def _generic(task: str) -> Callable[..., LabelledSet]:
+    def load(path: Path, strict: bool = False) -> LabelledSet:
+        return load_generic_csv(path / "labels.csv" if path.is_dir() else path, task, strict=strict)
+
+    return load
+
+
+# FORMAT -> loader(path, strict=...): the names load_dataset("FORMAT:PATH") accepts.
+LOADERS: dict[str, Callable[..., LabelledSet]] = {
     "aptos": load_aptos,
     "eyepacs": load_eyepacs,
     "idrid": load_idrid,
     "messidor2": load_messidor2,
     "kermany": load_kermany_oct,
     "nih": load_nih_cxr,
-    "medmnist-retina": lambda p: load_medmnist(p, "retinamnist"),
-    "medmnist-oct": lambda p: load_medmnist(p, "octmnist"),
-    "medmnist-chest": lambda p: load_medmnist(p, "chestmnist"),
-    "medmnist-pneumonia": lambda p: load_medmnist(p, "pneumoniamnist"),
+    "medmnist-retina": _medmnist("retinamnist"),
+    "medmnist-oct": _medmnist("octmnist"),
+    "medmnist-chest": _medmnist("chestmnist"),
+    "medmnist-pneumonia": _medmnist("pneumoniamnist"),
     "srahim": load_srahim_fundus,
     "cxr14-mini": load_cxr14_mini,
     "retinamnist": load_retinamnist_png,
     "pneumoniamnist": load_pneumoniamnist_png,
-    "csv-dr": lambda p: load_generic_csv(_csv_in(p), "dr"),
-    "csv-oct": lambda p: load_generic_csv(_csv_in(p), "oct"),
-    "csv-cxr": lambda p: load_generic_csv(_csv_in(p), "cxr"),
-    "csv-pneumonia": lambda p: load_generic_csv(_csv_in(p), "pneumonia"),
+    "csv-dr": _generic("dr"),
+    "csv-oct": _generic("oct"),
+    "csv-cxr": _generic("cxr"),
+    "csv-pneumonia": _generic("pneumonia"),
 }
-
-
-def _csv_in(path: Path) -> Path:
-    return path / "labels.csv" if path.is_dir() else path
 
 
 def sniff_format(path: str | Path) -> str:
@@ -675,9 +685,9 @@ def sniff_format(path: str | Path) -> str:
     )
 
 
-def load_dataset(spec: str | Path) -> LabelledSet:
+def load_dataset(spec: str | Path, *, strict: bool = False) -> LabelledSet:
     """Load "FORMAT:PATH" (FORMAT a key of LOADERS), or a bare path whose format
-    `sniff_format` recognises."""
+    `sniff_format` recognises. strict=True raises on any unusable row."""
     text = str(spec)
     fmt, sep, rest = text.partition(":")
     if sep and fmt in LOADERS:
@@ -687,4 +697,4 @@ def load_dataset(spec: str | Path) -> LabelledSet:
         fmt = sniff_format(path)
     if not path.exists():
         raise EdgescreenError(f"{path}: not found (from {text!r})")
-    return LOADERS[fmt](path)
+    return LOADERS[fmt](path, strict=strict)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from edgescreen.runtime.labels import NO_FINDING
 
 TASKS: tuple[str, ...] = ("dr", "oct", "cxr", "pneumonia")
@@ -23,7 +22,8 @@ UNGRADABLE = -1
 
 @dataclass(frozen=True)
 class RowProblem:
-    """One row (or file) a loader could not turn into a sample."""
+    """One row a loader could not turn into a sample: file and 1-based line. For formats
+    without a label file (Kermany folders) file is the image or folder and line is 0."""
 
     file: str
     line: int
@@ -123,9 +123,7 @@ class LabelledSet:
             lines.append("  " + n.ljust(w) + "".join(f"{per[c][n]:>8}" for c in cols))
         if splits:
             counts = Counter(s.split for s in self.samples)
-            lines.append(
-                "  images per split: " + ", ".join(f"{sp} {counts[sp]}" for sp in splits)
-            )
+            lines.append("  images per split: " + ", ".join(f"{sp} {counts[sp]}" for sp in splits))
             if counts.get(None):
                 lines.append(f"  images without split: {counts[None]}")
         for reason, n in self.excluded.items():

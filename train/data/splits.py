@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-
 from edgescreen.runtime.errors import EdgescreenError
 from edgescreen.train.data.records import Sample
 
@@ -134,7 +133,9 @@ def patient_split(
     hashing (for huge sets already known to be duplicate-free)."""
     fr = [float(f) for f in fractions]
     if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise EdgescreenError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
+        raise EdgescreenError(
+            f"fractions must be three non-negative numbers summing to 1: {fractions}"
+        )
     groups = patient_groups(samples, dedupe)
     assigned = [0] * len(samples)
     for stratum in _shuffled_strata(samples, groups, seed, stratify):
@@ -159,7 +160,9 @@ def patient_kfold(
     dealt per stratum to the fold holding the fewest of that stratum's images."""
     groups = patient_groups(samples, dedupe)
     if not 2 <= k <= len(groups):
-        raise EdgescreenError(f"k must be between 2 and the number of patients ({len(groups)}): {k}")
+        raise EdgescreenError(
+            f"k must be between 2 and the number of patients ({len(groups)}): {k}"
+        )
     fold_of = [0] * len(samples)
     totals = [0] * k
     for stratum in _shuffled_strata(samples, groups, seed, stratify):

@@ -496,3 +496,448 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
     M[1, 2] += cam.normal(0, 0.03 * S)
     img = cv2.warpAffine(img, M, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------- chest X-ray
+
+
+def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int = 256) -> np.ndarray:
+    """PA chest radiograph (grey uint8 HxW) showing the NIH `findings` (empty: No Finding)."""
+    findings = frozenset(findings)
+    unknown = findings - set(CXR_FINDINGS)
+    if unknown:
+        raise ValueError(f"unknown CXR findings {sorted(unknown)}; valid: {CXR_FINDINGS}")
+    S = int(size)
+    k = S / 256.0
+    anat, fnd, cam = _children(rng, 3)
+    u, v = _grid(S)
+    has = findings.__contains__
+
+    # ---- anatomy parameters (always drawn, in a fixed order, so findings only add to them)
+    wc = anat.uniform(0.36, 0.41)  # half-width of the inner rib cage
+    mid = 0.5 + anat.normal(0, 0.012)
+    apex = anat.uniform(0.09, 0.14)
+    cp = anat.uniform(0.76, 0.82)  # costophrenic angles
+    dome_h = anat.uniform(0.07, 0.11)
+    ldrop = anat.uniform(0.01, 0.035)  # left hemidiaphragm sits lower
+    ctr = anat.uniform(0.38, 0.47)
+    heart_h = anat.uniform(0.11, 0.14)
+    tissue = anat.uniform(0.55, 0.65)
+    lung_dark = anat.uniform(0.36, 0.44)
+
+    # ---- findings that change the anatomy itself
+    el_r = el_l = 0.0  # hemidiaphragm elevation (volume loss)
+    marks = 1.0
+    if has("Cardiomegaly"):
+        ctr = fnd.uniform(0.55, 0.66)
+    if has("Emphysema"):
+        cp += fnd.uniform(0.04, 0.07)
+        apex -= 0.02
+        dome_h *= fnd.uniform(0.2, 0.4)
+        lung_dark += fnd.uniform(0.07, 0.11)
+        marks = 0.4
+        ctr *= 0.92
+    atel_side = 0
+    if has("Atelectasis"):
+        atel_side = -1 if fnd.random() < 0.5 else 1
+        el = fnd.uniform(0.04, 0.07)
+        el_r, el_l = (el, 0.0) if atel_side < 0 else (0.0, el)
+        mid += atel_side * 0.012
+
+    H = cp - apex
+
+    def half_width(vv):  # rib cage: a superellipse above the costophrenic level
+        q = np.clip((cp - vv) / H, 0, 1)
+        return wc * np.power(1.0 - np.power(q, 2.6), 1 / 2.6)
+
+    hw = half_width(v)
+    cage = (np.abs(u - mid) < hw) & (v > apex) & (v < cp + 0.1)
+    du = u - mid
+    right = du < 0  # patient's right is the image left
+
+    def dome(c, base, h):
+        return base - h * np.clip(1.0 - ((u - c) / 0.2) ** 2, 0, 1)
+
+    diaph = np.where(right, dome(mid - wc * 0.45, cp - el_r, dome_h), dome(mid + wc * 0.45, cp + ldrop - el_l, dome_h))
+    # Heart: 1/3 right of the midline, 2/3 left; its lower edge sits on the left hemidiaphragm.
+    hwid = ctr * wc  # half of the cardiac diameter
+    hc = (mid + 0.17 * 2 * hwid, cp + ldrop - dome_h * 0.6 - heart_h * 0.55)
+    heart = ((u - hc[0]) / hwid) ** 2 + ((v - hc[1]) / heart_h) ** 2 < 1.0
+    med_w = 0.055 + 0.02 * np.exp(-((v - 0.38) ** 2) / 0.004)  # mediastinum, wider at the hila
+    medi = np.abs(u - mid) < med_w
+    lung = cage & ~heart & ~medi & (v < diaph)
+    lungf = lung.astype(np.float32)
+
+    # Body: soft tissue, air outside the shoulders and neck.
+    body = np.zeros((S, S), np.uint8)
+    sh = anat.uniform(0.10, 0.16)
+    outline = [(mid - 0.10, 0.0), (mid - 0.12, sh * 0.6), (mid - 0.30, sh), (mid - 0.45, sh + 0.05), (mid - 0.49, 0.3),
+               (mid - 0.48, 1.0), (mid + 0.48, 1.0), (mid + 0.49, 0.3), (mid + 0.45, sh + 0.05), (mid + 0.30, sh),
+               (mid + 0.12, sh * 0.6), (mid + 0.10, 0.0)]  # fmt: skip
+    _line(body, [(x * S, y * S) for x, y in outline], 1, 1, closed=True)
+    cv2.fillPoly(body, [_pts([(x * S, y * S) for x, y in outline])], 1, _AA, _SHIFT)
+    D = body.astype(np.float32) * tissue
+    D += 0.08 * (v > diaph) * cage  # abdomen below the domes is denser than chest wall
+    D -= lung_dark * _blur(lungf, 1.2 * k)
+
+    # Trachea (air column) and the spine with vertebral bodies behind the mediastinum.
+    tr = np.zeros((S, S), np.float32)
+    _line(tr, [(mid * S, 0), (mid * S, 0.33 * S)], 1.0, 0.03 * S)
+    D -= 0.12 * _blur(tr, 1.5 * k)
+    sp = (np.abs(u - mid) < 0.035).astype(np.float32) * (0.5 + 0.5 * (np.cos((v - anat.uniform(0, 1)) * 2 * np.pi / 0.045) > -0.7))
+    D += 0.10 * _blur(sp, 1.0 * k)
+
+    # Ribs: posterior arcs from the spine, anterior ones faint and sloping; clavicles on top.
+    bone = np.zeros((S, S), np.float32)
+    rib_gap = (cp - apex) / 9.5
+    for sgn in (-1, 1):
+        for i in range(10):
+            y0 = apex + 0.01 + i * rib_gap
+            pts = []
+            for j in range(12):
+                f = j / 11
+                x = mid + sgn * (0.04 + f * (wc + 0.02))
+                y = y0 - 0.035 * f + 0.09 * f**3
+                pts.append((x * S, y * S))
+            _line(bone, pts, 0.6, 0.018 * S)
+            _line(bone, [(px, py - 0.009 * S) for px, py in pts], 1.0, 1)
+            if i < 6:
+                a = [(mid + sgn * (wc + 0.01)) * S, (y0 + 0.05) * S]
+                b = [(mid + sgn * 0.16) * S, (y0 + 0.13) * S]
+                _line(bone, [tuple(a), tuple(b)], 0.35, 0.012 * S)
+        cl = [((mid + sgn * 0.04) * S, 0.17 * S), ((mid + sgn * 0.16) * S, 0.16 * S), ((mid + sgn * 0.30) * S, 0.11 * S)]
+        _line(bone, cl, 1.0, 0.024 * S)
+    D += 0.13 * _blur(bone, 0.8 * k)
+
+    # Lung markings: vessels branching from the hila, fading towards the periphery.
+    mk = np.zeros((S, S), np.float32)
+    segs: list = []
+    step = 0.02 * S
+    for sgn in (-1, 1):
+        hx, hy = (mid + sgn * 0.09) * S, 0.40 * S
+        for a in np.linspace(-2.2, 2.2, 7):
+            ang = (math.pi if sgn < 0 else 0.0) + sgn * a * 0.6 + anat.normal(0, 0.1)
+            _grow_tree(anat, segs, hx, hy, ang, 2.2 * k, 0.22 * S, 3, 0.0, step, lambda x, y: 0 <= x < S and 0 <= y < S, 0, 0.12)
+    _draw_segments(mk, segs)
+    hil = np.exp(-(((np.abs(du) - 0.10) / 0.22) ** 2))
+    markings = 0.12 * marks * _blur(mk, 0.7 * k) * hil
+
+    # ---- findings drawn on top
+    F = np.zeros((S, S), np.float32)
+    side_of = {-1: right, 1: ~right}
+
+    def pick_side() -> int:
+        return -1 if fnd.random() < 0.5 else 1
+
+    def lung_point(sel: np.ndarray | None = None) -> tuple[float, float]:
+        m = lung if sel is None else lung & sel
+        ys, xs = np.nonzero(m[:: max(1, S // 64), :: max(1, S // 64)])
+        if len(ys) == 0:
+            return mid * S, 0.5 * S
+        i = fnd.integers(0, len(ys))
+        st = max(1, S // 64)
+        return float(xs[i] * st), float(ys[i] * st)
+
+    if has("Pneumothorax"):
+        s = pick_side()
+        gap = fnd.uniform(0.04, 0.09)
+        pnx = lung & side_of[s] & (np.abs(du) > hw - gap) & (v < diaph - 0.02)
+        markings = markings * ~pnx
+        D -= 0.05 * _blur(pnx.astype(np.float32), 1.0 * k)
+        vs = np.linspace(apex + 0.03, cp - 0.07, 24)
+        pl = [((mid + s * (float(half_width(y)) - gap)) * S, (y + 0.02 * max(0.0, 1 - (y - apex) / 0.1)) * S) for y in vs]
+        pm = np.zeros((S, S), np.float32)
+        _line(pm, pl, 1.0, 1)
+        F += 0.22 * pm * lungf
+    if has("Effusion"):
+        for s in ([-1, 1] if fnd.random() < 0.3 else [pick_side()]):
+            level = cp - fnd.uniform(0.07, 0.18)
+            lat = np.clip((np.abs(du) - 0.1) / (wc - 0.1), 0, 1)
+            top = level - 0.07 * lat**2  # meniscus climbs the lateral chest wall
+            fl = (cage & side_of[s] & (v > top) & ~heart & (v < cp + 0.05)).astype(np.float32)
+            F += (lung_dark + 0.06) * _blur(fl, 2.5 * k)
+    if has("Nodule"):
+        for _ in range(fnd.integers(1, 3)):
+            _circle(F, lung_point(), S * fnd.uniform(0.012, 0.024), 0.30)
+    if has("Mass"):
+        c = lung_point()
+        r = S * fnd.uniform(0.045, 0.07)
+        mm = np.zeros((S, S), np.float32)
+        for _ in range(3):  # lobulated
+            _circle(mm, (c[0] + fnd.normal(0, r * 0.25), c[1] + fnd.normal(0, r * 0.25)), r * fnd.uniform(0.7, 1.0), 1.0)
+        F += 0.34 * _blur(mm, 1.2 * k)
+    if has("Atelectasis"):
+        s = atel_side
+        y = cp - fnd.uniform(0.10, 0.2)
+        x0, x1 = mid + s * 0.12, mid + s * (wc - 0.04)
+        am = np.zeros((S, S), np.float32)
+        _line(am, [(x0 * S, y * S), (x1 * S, (y + fnd.uniform(-0.05, 0.03)) * S)], 1.0, 0.02 * S)
+        if fnd.random() < 0.5:  # wedge towards the hilum
+            tri = [((mid + s * 0.09) * S, 0.42 * S), (x1 * S, (y - 0.05) * S), (x1 * S, (y + 0.06) * S)]
+            cv2.fillPoly(am, [_pts(tri)], 0.7, _AA, _SHIFT)
+        F += 0.30 * _blur(am, 1.5 * k) * lungf
+    if has("Infiltration"):
+        s = pick_side() if fnd.random() < 0.7 else 0
+        zone = np.exp(-((v - fnd.uniform(0.35, 0.7)) ** 2) / 0.02)
+        sel = side_of[s] if s else True
+        patch = np.clip(_lowfreq(fnd, S, 10) - 0.3, 0, None) * zone * sel
+        F += 0.28 * _blur(patch, 2.0 * k) * lungf
+    if has("Pneumonia"):
+        s = pick_side()
+        lower = fnd.random() < 0.65
+        fis = (v > 0.42 + 0.25 * np.abs(du) / wc) if lower else (v < 0.38 + 0.0 * u)  # fissure edge
+        lobe = (lung & side_of[s] & fis).astype(np.float32)
+        bs: list = []
+        hx = (mid + s * 0.09) * S
+        for _ in range(3):
+            a = (math.pi if s < 0 else 0.0) + s * (fnd.uniform(0.3, 1.1) if lower else -fnd.uniform(0.3, 1.1))
+            _grow_tree(fnd, bs, hx, 0.42 * S, a, 2.0 * k, 0.15 * S, 2, 0.0, step, lambda x, y: True, 0, 0.15)
+        br = np.zeros((S, S), np.float32)
+        _draw_segments(br, bs)
+        F += 0.40 * _blur(lobe, 1.2 * k) * (1.0 - 0.55 * br)
+    if has("Consolidation"):
+        c = lung_point()
+        cm = np.zeros((S, S), np.float32)
+        _ellipse(cm, c, (S * fnd.uniform(0.05, 0.09), S * fnd.uniform(0.04, 0.07)), fnd.uniform(0, 180), 1.0)
+        F += 0.42 * _blur(cm, 3.0 * k) * lungf
+    if has("Edema"):
+        bat = np.exp(-(((np.abs(du) - 0.12) / 0.11) ** 2) - ((v - 0.45) / 0.13) ** 2)
+        F += fnd.uniform(0.22, 0.3) * bat * _blur(lungf, 3 * k)
+        kl = np.zeros((S, S), np.float32)
+        for sgn in (-1, 1):  # Kerley B lines at the lateral bases
+            for _ in range(fnd.integers(3, 7)):
+                y = fnd.uniform(cp - 0.15, cp - 0.05)
+                x = mid + sgn * (float(half_width(y)) - 0.005)
+                _line(kl, [(x * S, y * S), ((x - sgn * 0.04) * S, y * S)], 1.0, 1)
+        F += 0.15 * kl * lungf
+    if has("Emphysema"):
+        for _ in range(fnd.integers(0, 3)):  # bullae
+            _circle(F, lung_point(v < 0.4), S * fnd.uniform(0.03, 0.05), 0.12, 1)
+    if has("Fibrosis"):
+        fm = np.zeros((S, S), np.float32)
+        per = lung & ((np.abs(du) > hw - 0.12) | (v > diaph - 0.12))
+        for _ in range(int(fnd.integers(40, 70))):
+            x, y = lung_point(per)
+            a = fnd.uniform(0, math.pi)
+            ln = S * fnd.uniform(0.015, 0.035)
+            _line(fm, [(x, y), (x + ln * math.cos(a), y + ln * math.sin(a))], 1.0, 1)
+            if fnd.random() < 0.3:  # honeycomb cysts
+                _circle(fm, (x, y), S * 0.008, 1.0, 1)
+        F += 0.20 * fm * lungf
+    if has("Pleural_Thickening"):
+        for s in ([-1, 1] if fnd.random() < 0.3 else [pick_side()]):
+            wid = fnd.uniform(0.012, 0.025)
+            y0, y1 = sorted(fnd.uniform(apex + 0.02, cp - 0.04, 2))
+            y1 = max(y1, y0 + 0.2)
+            vs = np.linspace(y0, min(y1, cp - 0.02), 20)
+            pl = [((mid + s * (float(half_width(y)) - wid / 2)) * S, y * S) for y in vs]
+            pm = np.zeros((S, S), np.float32)
+            _line(pm, pl, 1.0, wid * S)
+            F += 0.30 * _blur(pm, 1.0 * k)
+    if has("Hernia"):
+        c = ((mid + fnd.uniform(-0.02, 0.06)) * S, (cp + ldrop - dome_h - fnd.uniform(0.02, 0.06)) * S)
+        r = S * fnd.uniform(0.045, 0.07)
+        hm = np.zeros((S, S), np.float32)
+        _circle(hm, c, r, 1.0)
+        gas = hm.copy()
+        cv2.rectangle(gas, (0, int(c[1] + r * fnd.uniform(0.0, 0.4))), (S, S), 0, -1)  # air-fluid level
+        rim = np.zeros((S, S), np.float32)
+        _circle(rim, c, r, 1.0, max(1, int(2 * k)))
+        F += 0.18 * rim - 0.32 * _blur(gas, 0.8 * k)
+
+    D = D + markings + F
+    # A gastric bubble under the left dome is normal anatomy.
+    gb = np.zeros((S, S), np.float32)
+    _ellipse(gb, ((mid + wc * 0.45) * S, (cp + ldrop + 0.04) * S), (0.04 * S, 0.025 * S), 0, 1.0)
+    D -= 0.15 * _blur(gb, 2 * k) * anat.uniform(0.3, 1.0)
+
+    # ---- acquisition: blur, quantum noise, exposure/contrast, positioning, side marker
+    D = _blur(D, 0.6 * k)
+    D = D + cam.normal(0, 0.012, (S, S)).astype(np.float32)
+    lo, hi = cam.uniform(0.0, 0.08), cam.uniform(0.78, 0.95)
+    D = np.clip((D - lo) / (hi - lo), 0, 1)
+    D = np.power(D, np.float32(cam.uniform(0.8, 1.25)))
+    M = cv2.getRotationMatrix2D((S / 2, S / 2), cam.normal(0, 2.0), cam.uniform(0.95, 1.05))
+    M[:, 2] += cam.normal(0, 0.015 * S, 2)
+    D = cv2.warpAffine(D, M, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    out = np.clip(D * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if cam.random() < 0.5 and S >= 64:
+        org = (int(S * cam.uniform(0.03, 0.1)), int(S * cam.uniform(0.12, 0.2)))
+        cv2.putText(out, "R", org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * k, 235, max(1, int(2 * k)), cv2.LINE_AA)
+    return out
+
+
+# ---------------------------------------------------------------------------- datasets
+
+_SALT_IMAGE, _SALT_PATIENT = 0, 1
+
+
+def image_rng(seed: int, modality: str, index: int) -> np.random.Generator:
+    """The generator image `index` of a `modality` set with `seed` is drawn from."""
+    return np.random.default_rng([int(seed), MODALITIES.index(modality), _SALT_IMAGE, int(index)])
+
+
+def _patient_labels(modality: str, seed: int, patient: int) -> list:
+    """Labels of one synthetic patient's 1-2 images (two eyes, two scans, a follow-up film)."""
+    rng = np.random.default_rng([int(seed), MODALITIES.index(modality), _SALT_PATIENT, int(patient)])
+    n = 2 if rng.random() < 0.7 else 1
+    if modality == "fundus":
+        g = int(rng.integers(0, len(DR_GRADES)))
+        second = g if rng.random() < 0.5 else int(rng.integers(0, len(DR_GRADES)))
+        return [g, second][:n]
+    if modality == "oct":
+        return [OCT_CLASSES[int(rng.integers(0, len(OCT_CLASSES)))]] * n
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.25:
+            out.append(frozenset())
+            continue
+        while True:  # each finding in about 17% of films, several per abnormal film
+            f = frozenset(name for name in CXR_FINDINGS if rng.random() < 0.22)
+            if f:
+                break
+        out.append(f)
+    return out
+
+
+def _label_text(modality: str, label) -> str:
+    if modality == "cxr":
+        return "|".join(f for f in CXR_FINDINGS if f in label) or NO_FINDING
+    return str(label)
+
+
+def _render(modality: str, rng: np.random.Generator, label, size: int, eye: str | None = None) -> np.ndarray:
+    if modality == "fundus":
+        return generate_fundus(rng, label, size, eye=eye)
+    if modality == "oct":
+        return generate_oct(rng, label, size)
+    return generate_cxr(rng, label, size)
+
+
+def _encode_png(img: np.ndarray) -> bytes:
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:  # pragma: no cover - only on a broken OpenCV build
+        raise RuntimeError("cv2.imencode failed to encode a PNG")
+    return buf.tobytes()
+
+
+def synthesize(
+    modality: str,
+    n: int,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    size: int = 256,
+    progress: bool = False,
+) -> Path:
+    """Write `n` synthetic images of `modality` and a generic ``labels.csv``; return the CSV path.
+
+    Layout: ``out_dir/images/NNNNNN.png`` and ``out_dir/labels.csv`` (``path,label,patient``,
+    paths relative to the CSV). Labels: DR grade 0-4, OCT class name, or pipe-joined NIH
+    findings / ``No Finding``. Each synthetic patient has 1-2 images. Deterministic in
+    (`seed`, index): same arguments give byte-identical files.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if size < 32:
+        raise ValueError(f"size must be >= 32 px, got {size}")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str]] = []
+    patient = 0
+    while len(rows) < n:
+        labels = _patient_labels(modality, seed, patient)
+        pid = f"{modality}-s{seed}-p{patient:06d}"
+        for j, label in enumerate(labels):
+            i = len(rows)
+            if i >= n:
+                break
+            eye = ("R", "L")[j] if modality == "fundus" else None
+            img = _render(modality, image_rng(seed, modality, i), label, size, eye)
+            rel = f"images/{i:06d}.png"
+            (out_dir / rel).write_bytes(_encode_png(img))
+            rows.append((rel, _label_text(modality, label), pid))
+            if progress and ((i + 1) % 100 == 0 or i + 1 == n):
+                print(f"synth {modality}: {i + 1}/{n}", file=sys.stderr, flush=True)
+        patient += 1
+    csv_path = out_dir / "labels.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(("path", "label", "patient"))
+        w.writerows(rows)
+    return csv_path
+
+
+# ---------------------------------------------------------------------------- contact sheets
+
+
+def _sheet_labels(modality: str) -> list:
+    if modality == "fundus":
+        return [g for _ in range(4) for g in range(len(DR_GRADES))]
+    if modality == "oct":
+        return [c for _ in range(5) for c in OCT_CLASSES]
+    singles = [frozenset({f}) for f in CXR_FINDINGS]
+    combos = [frozenset({"Cardiomegaly", "Effusion", "Edema"}), frozenset({"Mass", "Pneumothorax"})]
+    return [frozenset(), frozenset(), *singles[:9], *combos[:1], *singles[9:], combos[1]]
+
+
+def contact_sheet(modality: str, path: Path, *, seed: int = 0, tile: int = 192, size: int = 256) -> Path:
+    """A labelled grid of generated images (5 columns for fundus/CXR, 4 for OCT) as a PNG."""
+    labels = _sheet_labels(modality)
+    cols = 4 if modality == "oct" else 5
+    rows = math.ceil(len(labels) / cols)
+    colour = modality == "fundus"
+    sheet = np.zeros((rows * tile, cols * tile, 3 if colour else 1), np.uint8)
+    for i, label in enumerate(labels):
+        img = _render(modality, image_rng(seed, modality, i), label, size)
+        img = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
+        if not colour:
+            img = img[..., None]
+        text = _label_text(modality, label)
+        if modality == "fundus":
+            text = f"{label} {DR_GRADES[label]}"
+        img = np.ascontiguousarray(img)
+        for j, part in enumerate(text.split("|")):
+            org = (3, 12 + 12 * j)
+            cv2.putText(img, part, org, cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0,) * 3, 3, cv2.LINE_AA)
+            cv2.putText(img, part, org, cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 80)[: img.shape[2]], 1, cv2.LINE_AA)
+        r, c = divmod(i, cols)
+        sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = img
+        sheet[r * tile, :] = 60
+        sheet[:, c * tile] = 60
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_encode_png(sheet if colour else sheet[..., 0]))
+    return path
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Regenerate the docs contact sheets and print single-process throughput per modality."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m edgescreen.train.data.synth")
+    ap.add_argument("--sheets", type=Path, help="folder to write contact_<modality>.png into")
+    ap.add_argument("--bench", type=int, default=0, help="images per modality to time (0: skip)")
+    ap.add_argument("--size", type=int, default=256)
+    args = ap.parse_args(argv)
+    for m in MODALITIES:
+        if args.sheets:
+            p = contact_sheet(m, args.sheets / f"contact_{m}.png")
+            print(f"{p}  {p.stat().st_size / 1024:.0f} KiB")
+        if args.bench:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                synthesize(m, args.bench, Path(tmp), size=args.size)
+                dt = time.perf_counter() - t0
+            print(f"{m}: {args.bench / dt:.1f} images/s at {args.size} px (generate + PNG write)")
+
+
+if __name__ == "__main__":
+    _main()

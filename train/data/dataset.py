@@ -1,0 +1,108 @@
+"""Torch dataset: the runtime's preprocessing, then augmentation, then the runtime's to_tensor.
+
+`prepare` (disc crop, Ben Graham, windowing) costs tens of milliseconds on a full-size
+photo; its uint8 result at the working resolution is cached on disk under a key of the
+image's content hash and the preprocessing recipe, so epochs after the first decode
+nothing. Augmentation is seeded by (seed, epoch, index): the same picture whatever the
+number of workers, which is what makes a resumed run identical to an unstopped one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from edgescreen.runtime.imageio import load_image
+from edgescreen.runtime.preprocess import PreprocessConfig, prepare, to_tensor
+
+from ..augment import augment, build_augmentation
+from .records import Sample
+from .splits import sample_hash
+
+
+class PreparedCache:
+    """uint8 prepared images on disk as .npy, written atomically so a killed run leaves no half file."""
+
+    def __init__(self, root: str | Path, cfg: PreprocessConfig, working_size: int) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        recipe = json.dumps({"cfg": cfg.to_dict(), "working_size": working_size}, sort_keys=True)
+        self.recipe_key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+    def path(self, content: str) -> Path:
+        return self.root / self.recipe_key / content[:2] / f"{content}.npy"
+
+    def get(self, content: str) -> np.ndarray | None:
+        path = self.path(content)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError):
+            return None  # missing or damaged: recompute
+
+    def put(self, content: str, image: np.ndarray) -> None:
+        path = self.path(content)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, image, allow_pickle=False)
+        os.replace(tmp, path)
+
+
+class ScreeningDataset(Dataset):
+    """(tensor, target) pairs: target is a class index, or a float 0/1 vector for multi-label."""
+
+    def __init__(self, samples: Sequence[Sample], cfg: PreprocessConfig, *, train: bool = False,
+                 working_size: int | None = None, cache_dir: str | Path | None = None,
+                 augmentation=None, seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.cfg = cfg
+        self.working_size = int(working_size or cfg.size)
+        self.train = train
+        self.augmentation = augmentation if augmentation is not None else (
+            build_augmentation(cfg.modality) if train else None)
+        self.seed = seed
+        self.epoch = 0
+        self.cache = PreparedCache(cache_dir, cfg, self.working_size) if cache_dir else None
+        self._hashes: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def prepared(self, index: int) -> np.ndarray:
+        """The runtime's prepared uint8 image at the working resolution (cached)."""
+        sample = self.samples[index]
+        key = None
+        if self.cache is not None:
+            key = self._hashes.get(index) or self._hashes.setdefault(index, sample_hash(sample))
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+        image = sample.array if sample.array is not None else load_image(sample.path)
+        out = prepare(image, self.cfg, size=self.working_size)
+        if self.cache is not None:
+            self.cache.put(key, out)
+        return out
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.prepared(index)
+        if self.augmentation is not None:
+            # Distinct, reproducible stream per (seed, epoch, index).
+            image = augment(self.augmentation, image, seed=hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+        x = torch.from_numpy(to_tensor(image, self.cfg))
+        label = self.samples[index].label
+        y = torch.tensor(label, dtype=torch.float32) if isinstance(label, tuple) else torch.tensor(label)
+        return x, y
+
+    def targets(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples])
