@@ -144,6 +144,7 @@ class ModelCard:
     calibration: dict[str, Any] | None = None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    data_manifest: dict[str, Any] = field(default_factory=dict)  # training data: splits, counts
     intended_use: str = "research and engineering evaluation only; not for clinical use"
 
     @property

@@ -129,7 +129,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgescreen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="edgescreen", description="Train, export and run medical screening models on edge hardware.")
     parser.add_argument("--version", action="version", version=f"edgescreen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -163,7 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256)
+    _add_stage_commands(sub)
     return parser
+
+
+def _add_stage_commands(sub) -> None:
+    """Commands of the other stages, when their packages are installed; each module is import-light."""
+    import importlib
+
+    for module, fn in (("edgescreen.train.cli", "add_train_command"),):
+        try:
+            getattr(importlib.import_module(module), fn)(sub)
+        except ModuleNotFoundError:
+            continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -275,9 +275,10 @@ def youden_threshold(y_true_binary: Any, scores: Any) -> float:
     if pos.size == 0 or neg.size == 0:
         raise ValueError("youden_threshold needs both positives and negatives in y_true_binary")
     cand = np.unique(s)[::-1]  # descending, so argmax picks the highest on ties
-    tpr = (pos.size - np.searchsorted(pos, cand, side="left")) / pos.size
-    fpr = (neg.size - np.searchsorted(neg, cand, side="left")) / neg.size
-    return float(cand[np.argmax(tpr - fpr)])
+    tp = pos.size - np.searchsorted(pos, cand, side="left")
+    fp = neg.size - np.searchsorted(neg, cand, side="left")
+    # J * n_pos * n_neg in integers, so equal J values tie exactly
+    return float(cand[np.argmax(tp * neg.size - fp * pos.size)])
 
 
 # ------------------------------------------------------------------------- calibration

@@ -425,15 +425,24 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     clipped = bool(
         cx_src - r_src < -1 or cy_src - r_src < -1 or cx_src + r_src > w or cy_src + r_src > h
     )
+    # A camera's field of view ends in a sharp step to black; a chest X-ray's dark
+    # corners fade.  Just outside the circle the frame must be (nearly) black.
+    ring = np.zeros((sh, sw), np.uint8)
+    cv2.circle(ring, (round(cx * 16), round(cy * 16)), round((r * 1.1 + 2) * 16), 1, cv2.FILLED, shift=4)
+    ring[circle > 0] = 0
+    ring = cv2.subtract(ring, cv2.dilate(circle, kernel))
+    outside = v[ring > 0]
+    step_ok = outside.size < 20 or float(np.percentile(outside, 90)) <= thresh
     found = bool(
-        len(span_bins) >= 3
+        step_ok
+        and len(span_bins) >= 3
         and iou >= 0.85
         and 0.1 * min(h, w) <= r_src <= 1.5 * max(h, w)
         and fov >= 0.1
     )
     if not found:
-        return Disc(fallback.cx, fallback.cy, fallback.radius, False, clipped, fov, iou)
-    return Disc(cx_src, cy_src, r_src, True, clipped, fov, iou)
+        return Disc(fallback.cx, fallback.cy, fallback.radius, False, clipped, float(fov), float(iou))
+    return Disc(float(cx_src), float(cy_src), float(r_src), True, clipped, float(fov), float(iou))
 
 
 def _crop_square(image: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:

@@ -6,10 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
-from edgescreen.runtime import metrics as M
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from edgescreen.runtime import metrics as M
 
 sk = pytest.importorskip("sklearn.metrics")
 
@@ -209,6 +210,8 @@ def test_sensitivity_specificity_hand_example_and_nan():
     assert M.threshold_for_sensitivity(y, s, 0.3) == 0.9
     # J at .9: 1/3 + 1 - 1; at .5: 2/3 + 1/2 - 1; at .2: 1 + 1/2 - 1 (the best)
     assert M.youden_threshold(y, s) == 0.2
+    # J = .5 at both 1.0 and 3.0: the tie goes to the higher (more specific) threshold
+    assert M.youden_threshold([0, 1, 0, 1], [0.0, 1.0, 2.0, 3.0]) == 3.0
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,11 @@
 They stand in for real data in tests, smoke trainings and calibration dry runs (there is no
 real OCT set at all). Each generator draws anatomy, pathology and camera nuisances from
 separate child generators, so the same seed with and without a finding differs only by
-that finding. Only numpy, OpenCV and the standard library: this runs anywhere.
+that finding (and what it displaces). Only numpy, OpenCV and the standard library.
 
 `synthesize` writes the project's generic layout (``labels.csv``: ``path,label,patient``).
 Image ``i`` and patient ``k`` are drawn from ``(seed, modality, i)`` and ``(seed, modality,
-k)`` alone, so ``n=10`` is a prefix of ``n=1000`` and any slice can be regenerated
-independently.
+k)`` alone, so ``n=10`` is a prefix of ``n=1000`` and any slice can be regenerated on its own.
 """
 
 from __future__ import annotations
@@ -56,19 +55,40 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
+@lru_cache(maxsize=8)
+def _bank(size: int, kind: str) -> np.ndarray:
+    # Per-pixel noise is the slowest thing to draw on a small CPU (about 1.5 ms per 256^2
+    # normal field, 5 ms for gamma), so images take random crops of one fixed 2x-size field.
+    rng = np.random.default_rng(20240917)
+    shape = (2 * size, 2 * size)
+    if kind == "normal":
+        out = rng.standard_normal(shape, dtype=np.float32)
+    else:  # OCT speckle: unit-mean gamma, shape 1.6
+        out = rng.standard_gamma(1.6, shape, dtype=np.float32) / np.float32(1.6)
+    out.setflags(write=False)
+    return out
+
+
+def _noise(rng: np.random.Generator, size: int, kind: str = "normal") -> np.ndarray:
+    """A size x size view of fixed noise at a random offset and orientation (read-only)."""
+    ox, oy, flip = (int(a) for a in rng.integers(0, size, 3))
+    crop = _bank(size, kind)[oy : oy + size, ox : ox + size]
+    return crop[::-1] if flip % 2 else crop
+
+
 def _lowfreq(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Smooth zero-mean unit-ish noise with about `cells` blobs across."""
-    small = rng.standard_normal((cells + 3, cells + 3)).astype(np.float32)
-    big = cv2.resize(small, (size + 2 * size // cells, size + 2 * size // cells), interpolation=cv2.INTER_CUBIC)
-    o = size // cells
-    return big[o : o + size, o : o + size]
+    """Smooth zero-mean noise (unit-ish std) with about `cells` blobs across."""
+    small = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
+    mid = cv2.resize(small, (8 * (cells + 1), 8 * (cells + 1)), interpolation=cv2.INTER_CUBIC)
+    # Two stages: cubic from a tiny grid is slow in OpenCV; crop the clamped border half-cells.
+    return cv2.resize(mid[4:-4, 4:-4], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def _fx(p: float) -> int:
     return int(round(p * _ONE))
 
 
-def _pts(xy: list[tuple[float, float]]) -> np.ndarray:
+def _pts(xy) -> np.ndarray:
     return (np.asarray(xy, dtype=np.float64) * _ONE).round().astype(np.int32).reshape(-1, 1, 2)
 
 
@@ -77,21 +97,12 @@ def _circle(img: np.ndarray, c: tuple[float, float], r: float, val: float, thick
 
 
 def _ellipse(img, c, axes, angle_deg: float, val: float, thick: int = -1) -> None:
-    cv2.ellipse(
-        img,
-        (_fx(c[0]), _fx(c[1])),
-        (max(_fx(axes[0]), 1), max(_fx(axes[1]), 1)),
-        angle_deg,
-        0,
-        360,
-        val,
-        thick,
-        _AA,
-        _SHIFT,
-    )
+    centre = (_fx(c[0]), _fx(c[1]))
+    ax = (max(_fx(axes[0]), 1), max(_fx(axes[1]), 1))
+    cv2.ellipse(img, centre, ax, angle_deg, 0, 360, val, thick, _AA, _SHIFT)
 
 
-def _line(img, xy: list[tuple[float, float]], val: float, thick: int, closed: bool = False) -> None:
+def _line(img, xy, val: float, thick: float, closed: bool = False) -> None:
     cv2.polylines(img, [_pts(xy)], closed, val, max(1, int(round(thick))), _AA, _SHIFT)
 
 
@@ -101,64 +112,85 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), sigma)
 
 
-def _grow_tree(
+def _exp(x: np.ndarray) -> np.ndarray:
+    # Clamped so tails never reach float32 denormals, which are ~20x slower in every later op.
+    return np.exp(np.maximum(x, np.float32(-40.0)))
+
+
+# A tree segment: (points N x 2 in pixels, calibre in px, tag, the same points as cv2 fixed point).
+Segment = tuple[np.ndarray, float, int, np.ndarray]
+_DECAY = 0.96 ** np.arange(1024)
+
+
+def _forest(
     rng: np.random.Generator,
-    segments: list[tuple[list[tuple[float, float]], float, int]],
-    x: float,
-    y: float,
-    ang: float,
-    width: float,
-    length: float,
-    depth: int,
-    curv: float,
+    roots: list[tuple[float, float, float, float, float, float, int]],
     step: float,
-    inside: Callable[[float, float], bool],
-    tag: int = 0,
+    inside: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    depth: int,
     wiggle: float = 0.07,
-    min_width: float = 0.35,
-) -> None:
-    """Recursive branching random-walk polyline (retinal vessels, lung markings, bronchograms).
+    min_width: float = 0.3,
+) -> list[Segment]:
+    """Recursive branching random walks (retinal vessels, lung markings, air bronchograms).
 
-    Appends (points, width, tag) to `segments`; children are thinner and shorter.
+    Each root is (x, y, angle, calibre, length, curvature, tag). A segment turns by its
+    curvature per step (decaying) plus noise and stops where `inside` fails; it then forks
+    asymmetrically into a thicker continuation and a thinner side branch, down to `depth`
+    generations. One generation of every tree is walked at once as a 2-D array: per-segment
+    numpy calls cost more than the arithmetic on a small CPU.
     """
-    n = max(2, int(length / step))
-    noise = rng.normal(0.0, wiggle, n)
-    pts = [(x, y)]
-    for i in range(n):
-        ang += curv + noise[i]
-        curv *= 0.96
-        x += step * math.cos(ang)
-        y += step * math.sin(ang)
-        if not inside(x, y):
+    x, y, ang, w, ln, cv = (np.array(c, dtype=np.float64) for c in list(zip(*roots))[:6])
+    tag = np.array([r[6] for r in roots])
+    segs: list[Segment] = []
+    for level in range(depth + 1):
+        m = len(x)
+        nst = np.maximum(2, (ln / step).astype(np.int64))
+        N = int(nst.max())
+        angs = ang[:, None] + np.cumsum(cv[:, None] * _DECAY[None, :N] + rng.normal(0, wiggle, (m, N)), 1)
+        P = np.empty((m, N + 1, 2))
+        P[:, 0, 0], P[:, 0, 1] = x, y
+        P[:, 1:, 0] = x[:, None] + step * np.cumsum(np.cos(angs), 1)
+        P[:, 1:, 1] = y[:, None] + step * np.cumsum(np.sin(angs), 1)
+        ok = inside(P[:, 1:, 0], P[:, 1:, 1]) & (np.arange(N)[None, :] < nst[:, None])
+        stop = np.where(ok.all(1), N, ok.argmin(1))  # valid steps per segment
+        PF = (P * _ONE).round().astype(np.int32)
+        for i in np.nonzero(stop)[0]:
+            e = stop[i] + 1
+            segs.append((P[i, :e], float(w[i]), int(tag[i]), PF[i, :e, None]))
+        if level == depth:
             break
-        pts.append((x, y))
-    segments.append((pts, width, tag))
-    if depth <= 0 or len(pts) < n // 2 + 1 or width * 0.8 < min_width:
-        return
-    # Asymmetric bifurcation: the main trunk continues with most of the calibre.
-    side = 1.0 if rng.random() < 0.5 else -1.0
-    spread = rng.uniform(0.35, 0.75)
-    _grow_tree(
-        rng, segments, x, y, ang - side * spread * 0.4, width * 0.82, length * rng.uniform(0.75, 0.95),
-        depth - 1, curv, step, inside, tag, wiggle, min_width,
-    )  # fmt: skip
-    _grow_tree(
-        rng, segments, x, y, ang + side * spread, width * 0.62, length * rng.uniform(0.45, 0.75),
-        depth - 1, curv * 0.5, step, inside, tag, wiggle, min_width,
-    )  # fmt: skip
+        idx = np.nonzero((stop >= nst // 2) & (stop > 0) & (w * 0.62 >= min_width))[0]
+        if not len(idx):
+            break
+        g, last = len(idx), stop[idx]
+        ex, ey, ea = P[idx, last, 0], P[idx, last, 1], angs[idx, last - 1]
+        ec = cv[idx] * _DECAY[np.minimum(nst[idx], 1023)]
+        sd = np.where(rng.random(g) < 0.5, 1.0, -1.0) * rng.uniform(0.35, 0.8, g)
+        x, y = np.r_[ex, ex], np.r_[ey, ey]
+        ang = np.r_[ea - 0.35 * sd, ea + sd]
+        w = np.r_[w[idx] * 0.82, w[idx] * 0.62]
+        ln = np.r_[ln[idx] * rng.uniform(0.75, 0.95, g), ln[idx] * rng.uniform(0.45, 0.75, g)]
+        cv = np.r_[ec, ec * 0.5]
+        tag = np.r_[tag[idx], tag[idx]]
+    return segs
 
 
-def _draw_segments(mask: np.ndarray, segments, scale: float = 1.0, tags: set[int] | None = None) -> None:
+def _draw_segments(mask: np.ndarray, segments: list[Segment], val: float = 1.0, tag: int | None = None) -> None:
     """Draw tree segments; sub-pixel calibres become fainter 1-px lines, which reads as thinner."""
-    for pts, w, tag in segments:
-        if len(pts) < 2 or (tags is not None and tag not in tags):
-            continue
-        wpx = w * scale
-        val = min(1.0, wpx) if wpx < 1.0 else 1.0
-        _line(mask, pts, val, max(1, int(round(wpx))))
+    for _pts_, w, t, fx in segments:
+        if tag is None or t == tag:
+            cv2.polylines(mask, [fx], False, val * min(1.0, w), max(1, int(round(w))), _AA, _SHIFT)
 
 
 # ---------------------------------------------------------------------------- fundus
+
+_FUNDUS_LESIONS = {  # grade -> (microaneurysms, haemorrhages, exudate clusters) count ranges
+    0: ((0, 0), (0, 0), (0, 0)),
+    1: ((3, 8), (0, 0), (0, 0)),
+    2: ((6, 14), (3, 8), (2, 5)),
+    3: ((8, 16), (10, 20), (3, 7)),
+    4: ((8, 16), (8, 18), (3, 7)),
+}
 
 
 def generate_fundus(
@@ -172,11 +204,12 @@ def generate_fundus(
     if not 0 <= grade < len(DR_GRADES):
         raise ValueError(f"DR grade must be 0..{len(DR_GRADES) - 1}, got {grade}")
     S = int(size)
+    k = S / 256.0
     anat, les, cam = _children(rng, 3)
     u, v = _grid(S)
     X, Y = u * S, v * S
 
-    # Camera framing: the field of view circle, sometimes clipped top/bottom like 3:2 sensors.
+    # Camera framing: the field-of-view circle, off-centre and of varying size.
     R = S * anat.uniform(0.40, 0.53)
     cx = S / 2 + anat.normal(0, 0.025 * S)
     cy = S / 2 + anat.normal(0, 0.025 * S)
@@ -184,75 +217,66 @@ def generate_fundus(
         eye = "L" if anat.random() < 0.5 else "R"
     side = -1.0 if eye == "L" else 1.0  # disc on the image left for a left eye
     dx, dy = X - cx, Y - cy
-    r2 = (dx * dx + dy * dy) / (R * R)
+    r2 = (dx * dx + dy * dy) * np.float32(1 / (R * R))
 
-    # Anatomy positions in disc-radius units; temporal direction is -side.
-    disc = (cx + side * R * anat.uniform(0.38, 0.50), cy + R * anat.normal(-0.03, 0.05))
-    rd = R * anat.uniform(0.085, 0.11)
-    mac = (cx - side * R * anat.uniform(0.02, 0.10), disc[1] + R * anat.uniform(0.02, 0.10))
+    # Optic disc on the nasal side; the macula about 2.5 disc diameters temporal to it.
+    disc = (cx + side * R * anat.uniform(0.36, 0.48), cy + R * anat.normal(-0.03, 0.05))
+    rd = R * anat.uniform(0.105, 0.135)
+    mac = (disc[0] - side * rd * anat.uniform(4.2, 5.0), disc[1] + R * anat.uniform(0.02, 0.08))
 
-    # Background: orange-red fundus with choroidal mottling and a darker, pigmented macula.
+    # Background: orange-red fundus, fine choroidal texture, darker pigmented macula.
+    lum = 1.0 + 0.045 * _lowfreq(anat, S, 5) + 0.03 * _lowfreq(anat, S, 20)
+    lum += 0.012 * _noise(anat, S)
+    lum -= 0.45 * np.power(np.minimum(r2, 1.3), 1.7)  # vignetting towards the rim
+    md2 = ((X - mac[0]) ** 2 + (Y - mac[1]) ** 2) * np.float32(1 / (R * R))
+    lum -= 0.28 * _exp(md2 * np.float32(-1 / (2 * 0.12**2)))
+    lum -= 0.15 * _exp(md2 * np.float32(-1 / (2 * 0.022**2)))
+    dd2 = ((X - disc[0]) ** 2 + (Y - disc[1]) ** 2) * np.float32(1 / (rd * rd))
+    lum += 0.16 * _exp(dd2 * np.float32(-1 / (2 * 2.2**2)))  # peripapillary glow
     base = np.array([0.86, 0.40, 0.13], np.float32) * np.float32(anat.uniform(0.85, 1.1))
     base[1] *= anat.uniform(0.85, 1.15)
-    lum = 1.0 + 0.07 * _lowfreq(anat, S, 6) + 0.035 * _lowfreq(anat, S, 24)
-    lum -= 0.42 * np.power(np.minimum(r2, 1.3), 1.6)  # vignetting towards the rim
-    mdx, mdy = X - mac[0], Y - mac[1]
-    md2 = (mdx * mdx + mdy * mdy) / (R * R)
-    lum -= 0.30 * np.exp(-md2 / (2 * 0.11**2)) + 0.18 * np.exp(-md2 / (2 * 0.025**2))
-    ddx, ddy = X - disc[0], Y - disc[1]
-    dd2 = (ddx * ddx + ddy * ddy) / (rd * rd)
-    lum += 0.18 * np.exp(-dd2 / (2 * 2.2**2))  # peripapillary glow
-    img = lum[..., None] * base
-    img[..., 1] += 0.02 * _lowfreq(anat, S, 12)
+    base[2] *= anat.uniform(0.7, 1.3)
+    img = base[:, None, None] * lum[None]  # planar 3xSxS: far faster than HxWx3 broadcasting
+    img[1] += 0.015 * _lowfreq(anat, S, 12)
 
-    # Optic disc: yellow-pink rim, pale cup.
-    dmask = np.clip(1.15 - np.power(dd2, 2.0), 0, 1)[..., None] * 0.85
-    dcol = np.array([1.0, 0.78, 0.48], np.float32)
-    img = img * (1 - dmask) + dcol * dmask
-    cup = np.clip(1.0 - dd2 / anat.uniform(0.2, 0.4), 0, 1)[..., None] * 0.6
-    img = img * (1 - cup) + np.array([1.0, 0.93, 0.78], np.float32) * cup
+    # Optic disc: yellow-pink rim with a soft edge, pale central cup.
+    dmask = np.clip(1.2 - dd2 * dd2, 0, 1) * 0.88
+    img += dmask * (np.array([1.0, 0.76, 0.47], np.float32)[:, None, None] - img)
+    cup = np.clip(1.0 - dd2 * np.float32(1 / anat.uniform(0.15, 0.35)), 0, 1) * 0.65
+    img += cup * (np.array([1.0, 0.93, 0.80], np.float32)[:, None, None] - img)
 
-    # Vessels: four arcades from the disc (temporal ones arch around the macula) plus nasal
-    # branches; veins (tag 1) darker and wider than arteries (tag 0).
-    step = R * 0.035
+    # Vessels: superior/inferior temporal arcades arching around the macula, nasal branches,
+    # small macular twigs. Veins (tag 1) darker and wider than arteries (tag 0).
+    step = R * 0.03
+    mr2 = (0.09 * R) ** 2
 
-    def inside(x: float, y: float) -> bool:
-        ex, ey = x - cx, y - cy
-        if ex * ex + ey * ey > (1.05 * R) ** 2:
-            return False
-        fx, fy = x - mac[0], y - mac[1]
-        return fx * fx + fy * fy > (0.10 * R) ** 2
+    def inside(x, y):
+        return ((x - cx) ** 2 + (y - cy) ** 2 < (1.04 * R) ** 2) & ((x - mac[0]) ** 2 + (y - mac[1]) ** 2 > mr2)
 
-    segs: list = []
-    tmp = math.pi if side > 0 else 0.0  # temporal direction angle
-    wv = S / 256 * anat.uniform(2.2, 2.8)
-    for tag, wmul in ((1, 1.0), (0, 0.72)):
+    tmp = math.pi if side > 0 else 0.0  # direction from disc to macula
+    turn = 1.0 if side < 0 else -1.0
+    wv = k * anat.uniform(2.2, 2.8)
+    roots = []
+    for tag, wmul in ((1, 1.0), (0, 0.7)):
         for up in (-1.0, 1.0):
-            off = anat.normal(0, 0.15)
-            a0 = tmp + up * (1.15 + off) * (1 if side < 0 else -1)
-            curv = -up * (1 if side < 0 else -1) * anat.uniform(0.05, 0.075)
-            start = (disc[0] + rd * 0.3 * math.cos(a0), disc[1] + rd * 0.3 * math.sin(a0))
-            _grow_tree(anat, segs, *start, a0, wv * wmul, R * 0.55, 4, curv, step, inside, tag)
-            an = tmp + math.pi - up * anat.uniform(0.5, 1.1) * (1 if side < 0 else -1)
-            _grow_tree(anat, segs, *start, an, wv * wmul * 0.8, R * 0.4, 3, 0.0, step, inside, tag)
-        for _ in range(2):  # small macular branches
-            a = tmp + anat.normal(0, 0.25)
-            _grow_tree(anat, segs, disc[0], disc[1], a, wv * 0.35, R * 0.3, 1, 0.0, step, inside, tag)
-
+            a0 = tmp + up * turn * (1.05 + anat.normal(0, 0.15))
+            curv = -up * turn * anat.uniform(0.045, 0.065)
+            sx, sy = disc[0] + rd * 0.25 * math.cos(a0), disc[1] + rd * 0.25 * math.sin(a0)
+            roots.append((sx, sy, a0, wv * wmul, R * 0.55, curv, tag))
+            an = tmp + math.pi - up * turn * anat.uniform(0.4, 1.1)
+            roots.append((sx, sy, an, wv * wmul * 0.75, R * 0.4, 0.0, tag))
+        roots.append((disc[0], disc[1], tmp + anat.normal(0, 0.3), wv * 0.4, R * 0.3, 0.0, tag))
+    segs = _forest(anat, roots, step, inside, 4)
     vmask = np.zeros((S, S), np.float32)
     amask = np.zeros((S, S), np.float32)
-    for pts, w, tag in segs:
-        if len(pts) < 2:
-            continue
-        val = min(1.0, w) if w < 1 else 1.0
-        _line(vmask if tag else amask, pts, val, max(1, int(round(w))))
+    _draw_segments(vmask, segs, tag=1)
+    _draw_segments(amask, segs, tag=0)
 
-    # ------------------------------------------------ lesions (grade-dependent)
+    # ------------------------------------------------ lesions: kind and number follow the grade
     red = np.zeros((S, S), np.float32)  # microaneurysms, haemorrhages
     yel = np.zeros((S, S), np.float32)  # hard exudates
-    wht = np.zeros((S, S), np.float32)  # cotton-wool spots, fibrosis
+    wht = np.zeros((S, S), np.float32)  # cotton-wool spots, fibrous veil
     neo = np.zeros((S, S), np.float32)  # new vessels
-    k = S / 256.0
 
     def spot(spread: float = 0.55) -> tuple[float, float]:
         # Lesions cluster in the posterior pole around the macula, away from the disc.
@@ -265,21 +289,19 @@ def generate_fundus(
                 return px, py
         return mac[0], mac[1] - 0.3 * R
 
-    lo, hi = {0: (0, 0), 1: (3, 8), 2: (6, 14), 3: (8, 16), 4: (8, 16)}[grade]
-    for _ in range(les.integers(lo, hi + 1)):  # microaneurysms: tiny, crisp, dark red
+    n_ma, n_hem, n_ex = (int(les.integers(lo, hi + 1)) for lo, hi in _FUNDUS_LESIONS[grade])
+    for _ in range(n_ma):  # microaneurysms: tiny, crisp, dark red
         _circle(red, spot(), k * les.uniform(0.7, 1.2), 1.0)
-    n_hem = {0: 0, 1: 0, 2: les.integers(3, 8), 3: les.integers(10, 20), 4: les.integers(8, 18)}[grade]
     for _ in range(n_hem):
         p = spot(0.6)
         if les.random() < 0.7:  # dot/blot: a lumpy cluster of ellipses
             for _ in range(les.integers(1, 4)):
                 q = (p[0] + les.normal(0, 1.2 * k), p[1] + les.normal(0, 1.2 * k))
-                ax = k * les.uniform(1.5, 3.5)
-                _ellipse(red, q, (ax, ax * les.uniform(0.6, 1.0)), les.uniform(0, 180), 0.95)
+                ax = k * les.uniform(1.3, 3.2)
+                _ellipse(red, q, (ax, ax * les.uniform(0.6, 1.0)), les.uniform(0, 180), 0.9)
         else:  # flame: elongated along the nerve fibres (radial from the disc)
             ang = math.degrees(math.atan2(p[1] - disc[1], p[0] - disc[0]))
-            _ellipse(red, p, (k * les.uniform(4, 7), k * les.uniform(1.2, 2.0)), ang, 0.85)
-    n_ex = {0: 0, 1: 0, 2: les.integers(2, 5), 3: les.integers(3, 7), 4: les.integers(3, 7)}[grade]
+            _ellipse(red, p, (k * les.uniform(3.5, 6), k * les.uniform(1.0, 1.8)), ang, 0.8)
     for _ in range(n_ex):  # hard exudates: clusters or circinate rings of small yellow dots
         c = spot(0.4)
         ring = les.random() < 0.35
@@ -290,73 +312,64 @@ def generate_fundus(
                 q = (c[0] + rr * math.cos(t), c[1] + rr * math.sin(t))
             else:
                 q = (c[0] + les.normal(0, 3.5 * k), c[1] + les.normal(0, 3.5 * k))
-            _circle(yel, q, k * les.uniform(0.7, 2.0), 1.0)
+            _circle(yel, q, k * les.uniform(0.7, 1.9), 1.0)
+    main = [s for s in segs if s[1] > wv * 0.5 and len(s[0]) > 4]
     if grade >= 3:
         for _ in range(les.integers(2, 6)):  # cotton-wool spots: fluffy pale patches near arcades
-            pts, _w, _t = segs[les.integers(0, min(8, len(segs)))]
+            pts = main[les.integers(0, len(main))][0]
             p = pts[les.integers(0, len(pts))]
             p = (p[0] + les.normal(0, 4 * k), p[1] + les.normal(0, 4 * k))
             ax = k * les.uniform(3.0, 6.0)
             _ellipse(wht, p, (ax, ax * les.uniform(0.5, 0.9)), les.uniform(0, 180), 0.75)
-        # Venous beading: sausage-like calibre changes along the main veins.
-        for pts, w, tag in segs[:16]:
-            if tag != 1 or len(pts) < 6 or les.random() < 0.4:
+        for pts, w, tag, _ in main:  # venous beading: sausage-like calibre changes
+            if tag != 1 or les.random() < 0.4:
                 continue
             for j in range(2, len(pts) - 1, 3):
-                _circle(vmask, pts[j], max(w * 0.9, 1.0) * les.uniform(1.0, 1.4), 1.0)
+                _circle(vmask, pts[j], max(w * 0.85, 1.0) * les.uniform(1.0, 1.4), 1.0)
     if grade == 4:
         # Neovascularisation: tufts of fine, tortuous loops at the disc and/or on the arcades.
         sites = []
         if les.random() < 0.65:
-            sites.append((disc[0] + les.normal(0, rd * 0.6), disc[1] + les.normal(0, rd * 0.6)))
+            sites.append((disc[0] + les.normal(0, rd * 0.5), disc[1] + les.normal(0, rd * 0.5)))
         while not sites or (len(sites) < 3 and les.random() < 0.6):
-            pts, _w, _t = segs[les.integers(0, min(16, len(segs)))]
-            sites.append(pts[les.integers(len(pts) // 3, len(pts))])
+            pts = main[les.integers(0, len(main))][0]
+            sites.append(tuple(pts[les.integers(len(pts) // 3, len(pts))]))
         for sx, sy in sites:
             for _ in range(les.integers(5, 10)):
-                x, y, a = sx, sy, les.uniform(0, 2 * math.pi)
-                pts = [(x, y)]
-                for _ in range(les.integers(8, 16)):
-                    a += les.normal(0, 0.9)
-                    x += 1.4 * k * math.cos(a)
-                    y += 1.4 * k * math.sin(a)
-                    pts.append((x, y))
-                _line(neo, pts, 0.9, 1)
+                m = int(les.integers(8, 16))
+                a = les.uniform(0, 2 * math.pi) + np.cumsum(les.normal(0, 0.9, m))
+                xs = sx + 1.4 * k * np.cumsum(np.cos(a))
+                ys = sy + 1.4 * k * np.cumsum(np.sin(a))
+                _line(neo, np.stack([np.r_[sx, xs], np.r_[sy, ys]], 1), 0.9, 1)
         if les.random() < 0.4:  # pre-retinal (boat-shaped) haemorrhage
-            p = spot(0.5)
-            _ellipse(red, p, (k * les.uniform(7, 12), k * les.uniform(4, 7)), 0, 0.9)
+            _ellipse(red, spot(0.5), (k * les.uniform(7, 12), k * les.uniform(4, 7)), 0, 0.9)
         if les.random() < 0.35:  # fibrovascular veil along an arcade
-            pts, _w, _t = segs[0]
-            _line(wht, pts, 0.45, max(1, int(6 * k)))
+            _line(wht, main[0][0], 0.45, 6 * k)
 
-    # Composite: lesions and vessels on top of the background.
+    # Composite: vessels and lesions over the background.
     wht = _blur(wht, 2.0 * k)
-    neo = _blur(neo, 0.4 * k)
-    vm = np.clip(vmask + 0.8 * neo, 0, 1)[..., None]
-    am = amask[..., None]
-    img = img * (1 - 0.55 * vm * np.array([0.55, 1.0, 1.0], np.float32))
-    img = img * (1 - 0.42 * am * np.array([0.35, 1.0, 1.0], np.float32))
-    rm = red[..., None]
-    img = img * (1 - rm) + rm * (img * np.array([0.5, 0.18, 0.2], np.float32))
-    ym = yel[..., None]
-    img = img * (1 - ym) + ym * np.array([1.0, 0.88, 0.35], np.float32)
-    wm = wht[..., None]
-    img = img * (1 - wm) + wm * np.array([0.98, 0.88, 0.72], np.float32)
+    vm = np.minimum(vmask + 0.8 * _blur(neo, 0.4 * k), 1.0)
+    img *= 1 - 0.55 * vm * np.array([0.55, 1.0, 1.0], np.float32)[:, None, None]
+    img *= 1 - 0.42 * amask * np.array([0.35, 1.0, 1.0], np.float32)[:, None, None]
+    img *= 1 - red * np.array([0.5, 0.82, 0.8], np.float32)[:, None, None]
+    img += yel * (np.array([1.0, 0.88, 0.35], np.float32)[:, None, None] - img)
+    img += wht * (np.array([0.98, 0.88, 0.72], np.float32)[:, None, None] - img)
 
     # ------------------------------------------------ camera nuisances
     gain = np.exp(cam.normal(0.0, 0.18))
-    cast = np.array([1.0, *np.exp(cam.normal(0.0, 0.08, 2))], np.float32)
-    img = np.clip(img * (gain * cast), 0, 1.2)
-    img = np.power(np.clip(img, 0, None), np.float32(cam.uniform(0.85, 1.2)))
-    if cam.random() < 0.5:
-        img = _blur(img, cam.uniform(0.4, 1.2) * k)  # slight defocus
-    img += cam.normal(0, 0.012, (S, S, 1)).astype(np.float32)
-    ap = np.clip((1.0 - np.sqrt(r2)) * R / 1.2 + 0.5, 0, 1)  # aperture with a soft 1-px rim
+    cast = np.array([1.0, *np.exp(cam.normal(0.0, 0.08, 2))], np.float32) * np.float32(gain)
+    img = np.clip(img * cast[:, None, None], 0, 1.2)
+    img = np.power(img, np.float32(cam.uniform(0.85, 1.2)))
+    if cam.random() < 0.5:  # slight defocus
+        sig = cam.uniform(0.4, 1.2) * k
+        img = np.stack([_blur(c, sig) for c in img])
+    img += 0.012 * _noise(cam, S)
+    ap = np.clip((1.0 - np.sqrt(r2)) * np.float32(R / 1.2) + 0.5, 0, 1)  # aperture, soft 1-px rim
     if cam.random() < 0.4:  # the sensor's 3:2 frame cuts the circle top and bottom
         h = R * cam.uniform(0.8, 0.93)
         ap = ap * ((Y > cy - h) & (Y < cy + h))
-    img = img * ap[..., None]
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    img = np.clip(img * (ap * 255.0) + 0.5, 0, 255).astype(np.uint8)
+    return cv2.merge(list(img))
 
 
 # ---------------------------------------------------------------------------- OCT
@@ -396,7 +409,7 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
         + 0.008 * _lowfreq(anat, S, 3)[0]
     )
     fx = S / 2 + anat.normal(0, 0.06 * S)  # fovea
-    fov = np.exp(-((xs - fx) ** 2) / (2 * (anat.uniform(0.045, 0.065) * S) ** 2))
+    fov = _exp(-((xs - fx) ** 2) / (2 * (anat.uniform(0.045, 0.065) * S) ** 2))
     pit = anat.uniform(0.75, 0.95)
     th = {name: np.full(S, thick * k * anat.uniform(0.85, 1.15), np.float32) for name, _, thick in _OCT_LAYERS}
     # RNFL thickens towards the (off-screen) disc on one side; inner layers vanish in the pit.
@@ -429,7 +442,7 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
         for _ in range(path.integers(0, 3)):
             cysts.append((c + path.normal(0, w * 0.5), 0.5, k * path.uniform(2, 5), k * path.uniform(2, 4)))
     elif label == "DME":
-        swell = np.exp(-((xs - fx - path.normal(0, 10 * k)) ** 2) / (2 * (path.uniform(0.1, 0.18) * S) ** 2))
+        swell = _exp(-((xs - fx - path.normal(0, 10 * k)) ** 2) / (2 * (path.uniform(0.1, 0.18) * S) ** 2))
         th["inl"] *= 1.0 + path.uniform(1.0, 2.5) * swell
         th["onl"] *= 1.0 + path.uniform(0.6, 1.4) * swell
         for name in ("rnfl", "gcl", "ipl", "opl"):  # the pit fills in
@@ -462,7 +475,7 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
 
     # Choroid: reflectivity fading with depth, dark vessel lumens; sclera below.
     depth = (Y - bm[None, :]) / S
-    chor = 0.62 * np.exp(-depth / anat.uniform(0.06, 0.11)) * np.clip(1.0 + 0.55 * _lowfreq(anat, S, 18), 0.1, None)
+    chor = 0.62 * _exp(-depth / anat.uniform(0.06, 0.11)) * np.clip(1.0 + 0.55 * _lowfreq(anat, S, 18), 0.1, None)
     img = np.where(region == len(bounds), chor, img)
     if label == "CNV":  # the fibrovascular mass is lumpy
         mass = region == len(bounds) - 1
@@ -480,15 +493,14 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
     # Shadows of retinal vessels: dark vertical stripes under the nerve fibre layer.
     for _ in range(anat.integers(2, 6)):
         c, w = anat.uniform(0, S), k * anat.uniform(1.5, 4)
-        shade = 1.0 - 0.55 * np.exp(-((xs - c) ** 2) / (2 * w * w))
+        shade = 1.0 - 0.55 * _exp(-((xs - c) ** 2) / (2 * w * w))
         below = Y > (bounds[1][None, :] + 1)
         img = np.where(below, img * shade[None, :], img)
 
     img = cv2.GaussianBlur(img, (0, 0), sigmaX=0.6 * k, sigmaY=0.9 * k)
     # Speckle: multiplicative, laterally correlated (the beam is wider than the axial resolution).
-    spk = cam.gamma(1.6, 1 / 1.6, (S, S)).astype(np.float32)
-    spk = cv2.blur(spk, (3, 1))
-    img = img * spk + np.abs(cam.normal(0, 0.035, (S, S))).astype(np.float32)
+    spk = cv2.blur(_noise(cam, S, "gamma"), (3, 1))
+    img = img * spk + 0.035 * np.abs(_noise(cam, S))
     gain = cam.uniform(8, 25)
     img = np.log1p(gain * img) / np.log1p(gain) * cam.uniform(0.85, 1.1)
     # Registration tilt and shift, as scanners rotate the B-scan to follow the retina.
@@ -513,17 +525,18 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     u, v = _grid(S)
     has = findings.__contains__
 
-    # ---- anatomy parameters (always drawn, in a fixed order, so findings only add to them)
-    wc = anat.uniform(0.36, 0.41)  # half-width of the inner rib cage
-    mid = 0.5 + anat.normal(0, 0.012)
-    apex = anat.uniform(0.09, 0.14)
+    # ---- anatomy parameters (always drawn, in a fixed order, so findings only modify them)
+    wc = anat.uniform(0.35, 0.40)  # half-width of the inner rib cage
+    mid = 0.5 + anat.normal(0, 0.01)
+    apex = anat.uniform(0.10, 0.14)
     cp = anat.uniform(0.76, 0.82)  # costophrenic angles
     dome_h = anat.uniform(0.07, 0.11)
-    ldrop = anat.uniform(0.01, 0.035)  # left hemidiaphragm sits lower
-    ctr = anat.uniform(0.38, 0.47)
-    heart_h = anat.uniform(0.11, 0.14)
-    tissue = anat.uniform(0.55, 0.65)
-    lung_dark = anat.uniform(0.36, 0.44)
+    ldrop = anat.uniform(0.01, 0.035)  # the left hemidiaphragm sits lower
+    ctr = anat.uniform(0.38, 0.46)  # cardiothoracic ratio
+    heart_h = anat.uniform(0.10, 0.13)
+    tissue = anat.uniform(0.58, 0.66)
+    lung_dark = anat.uniform(0.34, 0.42)
+    body_w = anat.uniform(0.45, 0.55)
 
     # ---- findings that change the anatomy itself
     el_r = el_l = 0.0  # hemidiaphragm elevation (volume loss)
@@ -533,16 +546,16 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     if has("Emphysema"):
         cp += fnd.uniform(0.04, 0.07)
         apex -= 0.02
-        dome_h *= fnd.uniform(0.2, 0.4)
-        lung_dark += fnd.uniform(0.07, 0.11)
-        marks = 0.4
+        dome_h *= fnd.uniform(0.15, 0.35)
+        lung_dark += fnd.uniform(0.08, 0.12)
+        marks = 0.35
         ctr *= 0.92
     atel_side = 0
     if has("Atelectasis"):
         atel_side = -1 if fnd.random() < 0.5 else 1
-        el = fnd.uniform(0.04, 0.07)
+        el = fnd.uniform(0.05, 0.08)
         el_r, el_l = (el, 0.0) if atel_side < 0 else (0.0, el)
-        mid += atel_side * 0.012
+        mid += atel_side * 0.015
 
     H = cp - apex
 
@@ -551,78 +564,95 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         return wc * np.power(1.0 - np.power(q, 2.6), 1 / 2.6)
 
     hw = half_width(v)
-    cage = (np.abs(u - mid) < hw) & (v > apex) & (v < cp + 0.1)
     du = u - mid
-    right = du < 0  # patient's right is the image left
+    adu = np.abs(du)
+    cage = (adu < hw) & (v > apex)
+    right = du < 0  # the patient's right is the image left
 
     def dome(c, base, h):
-        return base - h * np.clip(1.0 - ((u - c) / 0.2) ** 2, 0, 1)
+        return base - h * np.clip(1.0 - ((u - c) / 0.22) ** 2, 0, 1)
 
     diaph = np.where(right, dome(mid - wc * 0.45, cp - el_r, dome_h), dome(mid + wc * 0.45, cp + ldrop - el_l, dome_h))
-    # Heart: 1/3 right of the midline, 2/3 left; its lower edge sits on the left hemidiaphragm.
-    hwid = ctr * wc  # half of the cardiac diameter
-    hc = (mid + 0.17 * 2 * hwid, cp + ldrop - dome_h * 0.6 - heart_h * 0.55)
-    heart = ((u - hc[0]) / hwid) ** 2 + ((v - hc[1]) / heart_h) ** 2 < 1.0
-    med_w = 0.055 + 0.02 * np.exp(-((v - 0.38) ** 2) / 0.004)  # mediastinum, wider at the hila
-    medi = np.abs(u - mid) < med_w
-    lung = cage & ~heart & ~medi & (v < diaph)
+    # Heart: about 1/3 right of the midline, 2/3 left, apex tilted down towards the left.
+    hwid = ctr * wc
+    heart_m = np.zeros((S, S), np.uint8)
+    hc = ((mid + 0.16 * 2 * hwid) * S, (cp + ldrop - dome_h * 0.5 - heart_h * 0.6) * S)
+    _ellipse(heart_m, hc, (hwid * S * 1.02, heart_h * S), anat.uniform(10, 25), 1)
+    _ellipse(heart_m, ((mid + 0.06) * S, 0.30 * S), (0.035 * S, 0.03 * S), 0, 1)  # aortic knob
+    heart = heart_m.astype(bool)
+    med_w = 0.05 + 0.02 * _exp(-((v - 0.38) ** 2) * 250)  # mediastinum, wider at the hila
+    lung = cage & ~heart & (adu > med_w) & (v < diaph)
     lungf = lung.astype(np.float32)
+    lungb = _blur(lungf, 1.5 * k)
 
-    # Body: soft tissue, air outside the shoulders and neck.
-    body = np.zeros((S, S), np.uint8)
-    sh = anat.uniform(0.10, 0.16)
-    outline = [(mid - 0.10, 0.0), (mid - 0.12, sh * 0.6), (mid - 0.30, sh), (mid - 0.45, sh + 0.05), (mid - 0.49, 0.3),
-               (mid - 0.48, 1.0), (mid + 0.48, 1.0), (mid + 0.49, 0.3), (mid + 0.45, sh + 0.05), (mid + 0.30, sh),
-               (mid + 0.12, sh * 0.6), (mid + 0.10, 0.0)]  # fmt: skip
-    _line(body, [(x * S, y * S) for x, y in outline], 1, 1, closed=True)
-    cv2.fillPoly(body, [_pts([(x * S, y * S) for x, y in outline])], 1, _AA, _SHIFT)
-    D = body.astype(np.float32) * tissue
-    D += 0.08 * (v > diaph) * cage  # abdomen below the domes is denser than chest wall
-    D -= lung_dark * _blur(lungf, 1.2 * k)
+    # Body: soft tissue thinning towards the flanks; air above the shoulders and beside the neck.
+    body = np.zeros((S, S), np.float32)
+    sh = anat.uniform(0.06, 0.12)
+    outline = [(mid - 0.09, -0.01), (mid - 0.11, sh * 0.7), (mid - 0.28, sh), (mid - body_w, sh + 0.08),
+               (mid - body_w - 0.02, 1.01), (mid + body_w + 0.02, 1.01), (mid + body_w, sh + 0.08),
+               (mid + 0.28, sh), (mid + 0.11, sh * 0.7), (mid + 0.09, -0.01)]  # fmt: skip
+    cv2.fillPoly(body, [_pts([(x * S, y * S) for x, y in outline])], 1.0, _AA, _SHIFT)
+    body = _blur(body, 2.0 * k)
+    D = body * tissue * (1.0 - 0.35 * np.minimum((adu / body_w) ** 2, 1.0))
+    D += 0.10 * _blur(((v > diaph) & (adu < hw + 0.03)).astype(np.float32), 1.5 * k)  # abdomen
 
-    # Trachea (air column) and the spine with vertebral bodies behind the mediastinum.
+    # Lungs: darkest in the mid zones; apices, bases and the periphery carry soft tissue.
+    shade = 1.0 - 0.35 * _exp(-(((v - apex) / 0.07) ** 2)) - 0.25 * np.clip((v - 0.55) / 0.3, 0, 1)
+    shade = shade - 0.2 * np.clip((adu - hw + 0.08) / 0.08, 0, 1) + 0.06 * _lowfreq(anat, S, 4)
+    LD = lung_dark * shade * lungb  # how much the lungs lighten the film; opacities fill it back
+    D -= LD
+
+    # Trachea (air column), spine faintly through the mediastinum.
     tr = np.zeros((S, S), np.float32)
-    _line(tr, [(mid * S, 0), (mid * S, 0.33 * S)], 1.0, 0.03 * S)
-    D -= 0.12 * _blur(tr, 1.5 * k)
-    sp = (np.abs(u - mid) < 0.035).astype(np.float32) * (0.5 + 0.5 * (np.cos((v - anat.uniform(0, 1)) * 2 * np.pi / 0.045) > -0.7))
-    D += 0.10 * _blur(sp, 1.0 * k)
+    _line(tr, [(mid * S, 0), (mid * S, 0.34 * S)], 1.0, 0.028 * S)
+    D -= 0.10 * _blur(tr, 1.5 * k)
+    ph = anat.uniform(0, 1)
+    sp = (adu < 0.032).astype(np.float32) * (0.6 + 0.4 * (np.cos((v - ph) * (2 * np.pi / 0.05)) > -0.6))
+    D += 0.07 * _blur(sp, 1.0 * k)
 
-    # Ribs: posterior arcs from the spine, anterior ones faint and sloping; clavicles on top.
+    # Ribs: posterior arcs rising from the spine and curving down the lateral wall, fainter
+    # anterior ribs sloping down-medially; clavicles on top. Most visible over the lungs.
     bone = np.zeros((S, S), np.float32)
-    rib_gap = (cp - apex) / 9.5
+    gap = H / 10.0
+    f = np.linspace(0, 1, 14)
     for sgn in (-1, 1):
         for i in range(10):
-            y0 = apex + 0.01 + i * rib_gap
-            pts = []
-            for j in range(12):
-                f = j / 11
-                x = mid + sgn * (0.04 + f * (wc + 0.02))
-                y = y0 - 0.035 * f + 0.09 * f**3
-                pts.append((x * S, y * S))
-            _line(bone, pts, 0.6, 0.018 * S)
-            _line(bone, [(px, py - 0.009 * S) for px, py in pts], 1.0, 1)
-            if i < 6:
-                a = [(mid + sgn * (wc + 0.01)) * S, (y0 + 0.05) * S]
-                b = [(mid + sgn * 0.16) * S, (y0 + 0.13) * S]
-                _line(bone, [tuple(a), tuple(b)], 0.35, 0.012 * S)
-        cl = [((mid + sgn * 0.04) * S, 0.17 * S), ((mid + sgn * 0.16) * S, 0.16 * S), ((mid + sgn * 0.30) * S, 0.11 * S)]
-        _line(bone, cl, 1.0, 0.024 * S)
-    D += 0.13 * _blur(bone, 0.8 * k)
+            y0 = apex - 0.015 + i * gap
+            yl = y0 + 0.06
+            lat = float(half_width(np.float32(min(yl, cp)))) + 0.015
+            xs = mid + sgn * (0.035 + f * (lat - 0.035))
+            ys = y0 - 0.03 * np.sin(np.pi * f * 0.9) + 0.07 * f**4
+            pts = np.stack([xs * S, ys * S], 1)
+            _line(bone, pts, 0.55, 0.02 * S * (1 - 0.3 * i / 10))
+            _line(bone, pts - (0, 0.008 * S), 1.0, 1)  # cortex
+            if i < 7:
+                ax = mid + sgn * lat
+                ant = [(ax * S, (yl + 0.01) * S), ((ax - sgn * 0.1) * S, (yl + 0.07) * S), ((mid + sgn * 0.12) * S, (yl + 0.12) * S)]
+                _line(bone, ant, 0.3, 0.014 * S)
+        cl = [((mid + sgn * 0.04) * S, 0.16 * S), ((mid + sgn * 0.17) * S, 0.15 * S), ((mid + sgn * 0.32) * S, 0.10 * S)]
+        _line(bone, cl, 1.0, 0.022 * S)
+    bone *= (0.3 + 0.7 * lungb) * (v < diaph + 0.02)
+    D += 0.14 * _blur(bone, 0.7 * k)
 
-    # Lung markings: vessels branching from the hila, fading towards the periphery.
-    mk = np.zeros((S, S), np.float32)
-    segs: list = []
-    step = 0.02 * S
+    # Lung markings: vessels branching from the hila, tapering and fading towards the periphery.
+    step = 0.018 * S
+    roots = []
+
+    def anywhere(x, y):
+        return (x >= 0) & (x < S) & (y >= 0) & (y < S)
+
     for sgn in (-1, 1):
-        hx, hy = (mid + sgn * 0.09) * S, 0.40 * S
-        for a in np.linspace(-2.2, 2.2, 7):
-            ang = (math.pi if sgn < 0 else 0.0) + sgn * a * 0.6 + anat.normal(0, 0.1)
-            _grow_tree(anat, segs, hx, hy, ang, 2.2 * k, 0.22 * S, 3, 0.0, step, lambda x, y: 0 <= x < S and 0 <= y < S, 0, 0.12)
+        hx, hy = (mid + sgn * 0.085) * S, 0.40 * S
+        for a in np.linspace(-1.3, 1.3, 7):
+            ang = (math.pi if sgn < 0 else 0.0) + sgn * a + anat.normal(0, 0.1)
+            roots.append((hx, hy, ang, 2.0 * k, 0.17 * S, 0.0, 0))
+    segs = _forest(anat, roots, step, anywhere, 3, wiggle=0.15)
+    mk = np.zeros((S, S), np.float32)
     _draw_segments(mk, segs)
-    hil = np.exp(-(((np.abs(du) - 0.10) / 0.22) ** 2))
-    markings = 0.12 * marks * _blur(mk, 0.7 * k) * hil
+    hil = _exp(-(((adu - 0.08) / 0.2) ** 2))
+    markings = (0.09 * marks) * _blur(mk, 0.6 * k) * hil * lungb
 
-    # ---- findings drawn on top
+    # ---- findings
     F = np.zeros((S, S), np.float32)
     side_of = {-1: right, 1: ~right}
 
@@ -630,137 +660,137 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         return -1 if fnd.random() < 0.5 else 1
 
     def lung_point(sel: np.ndarray | None = None) -> tuple[float, float]:
+        st = max(1, S // 64)
         m = lung if sel is None else lung & sel
-        ys, xs = np.nonzero(m[:: max(1, S // 64), :: max(1, S // 64)])
+        ys, xs = np.nonzero(m[::st, ::st])
         if len(ys) == 0:
             return mid * S, 0.5 * S
         i = fnd.integers(0, len(ys))
-        st = max(1, S // 64)
         return float(xs[i] * st), float(ys[i] * st)
 
-    if has("Pneumothorax"):
+    if has("Pneumothorax"):  # lucent rim without markings, thin visceral pleural line
         s = pick_side()
-        gap = fnd.uniform(0.04, 0.09)
-        pnx = lung & side_of[s] & (np.abs(du) > hw - gap) & (v < diaph - 0.02)
+        gap_w = fnd.uniform(0.05, 0.10)
+        pnx = lung & side_of[s] & (adu > hw - gap_w) & (v < diaph - 0.03)
         markings = markings * ~pnx
-        D -= 0.05 * _blur(pnx.astype(np.float32), 1.0 * k)
-        vs = np.linspace(apex + 0.03, cp - 0.07, 24)
-        pl = [((mid + s * (float(half_width(y)) - gap)) * S, (y + 0.02 * max(0.0, 1 - (y - apex) / 0.1)) * S) for y in vs]
+        D -= 0.08 * _blur(pnx.astype(np.float32), 1.0 * k)
+        vs = np.linspace(apex + 0.04, cp - 0.08, 24, dtype=np.float32)
+        pl = np.stack([(mid + s * (half_width(vs) - gap_w)) * S, vs * S], 1)
         pm = np.zeros((S, S), np.float32)
         _line(pm, pl, 1.0, 1)
-        F += 0.22 * pm * lungf
-    if has("Effusion"):
-        for s in ([-1, 1] if fnd.random() < 0.3 else [pick_side()]):
-            level = cp - fnd.uniform(0.07, 0.18)
-            lat = np.clip((np.abs(du) - 0.1) / (wc - 0.1), 0, 1)
-            top = level - 0.07 * lat**2  # meniscus climbs the lateral chest wall
-            fl = (cage & side_of[s] & (v > top) & ~heart & (v < cp + 0.05)).astype(np.float32)
-            F += (lung_dark + 0.06) * _blur(fl, 2.5 * k)
+        F += 0.25 * pm * lungb
+    if has("Effusion"):  # fluid fills the base; the meniscus climbs the lateral wall
+        for s in [-1, 1] if fnd.random() < 0.3 else [pick_side()]:
+            level = cp - fnd.uniform(0.08, 0.2)
+            latf = np.clip((adu - 0.1) / (wc - 0.1), 0, 1)
+            fl = (lung & side_of[s] & (v > level - 0.08 * latf**2)).astype(np.float32)
+            F += LD * _blur(fl, 2.5 * k) * fnd.uniform(0.85, 1.0)
     if has("Nodule"):
         for _ in range(fnd.integers(1, 3)):
-            _circle(F, lung_point(), S * fnd.uniform(0.012, 0.024), 0.30)
+            nm = np.zeros((S, S), np.float32)
+            _circle(nm, lung_point(), S * fnd.uniform(0.012, 0.022), 1.0)
+            F += 0.28 * _blur(nm, 0.6 * k)
     if has("Mass"):
         c = lung_point()
         r = S * fnd.uniform(0.045, 0.07)
         mm = np.zeros((S, S), np.float32)
         for _ in range(3):  # lobulated
             _circle(mm, (c[0] + fnd.normal(0, r * 0.25), c[1] + fnd.normal(0, r * 0.25)), r * fnd.uniform(0.7, 1.0), 1.0)
-        F += 0.34 * _blur(mm, 1.2 * k)
-    if has("Atelectasis"):
+        F += 0.32 * _blur(mm, 1.2 * k)
+    if has("Atelectasis"):  # plate-like band or wedge, on the side of the raised hemidiaphragm
         s = atel_side
-        y = cp - fnd.uniform(0.10, 0.2)
-        x0, x1 = mid + s * 0.12, mid + s * (wc - 0.04)
+        y = cp - fnd.uniform(0.12, 0.22)
+        x0, x1 = mid + s * 0.1, mid + s * (wc - 0.03)
         am = np.zeros((S, S), np.float32)
-        _line(am, [(x0 * S, y * S), (x1 * S, (y + fnd.uniform(-0.05, 0.03)) * S)], 1.0, 0.02 * S)
-        if fnd.random() < 0.5:  # wedge towards the hilum
-            tri = [((mid + s * 0.09) * S, 0.42 * S), (x1 * S, (y - 0.05) * S), (x1 * S, (y + 0.06) * S)]
-            cv2.fillPoly(am, [_pts(tri)], 0.7, _AA, _SHIFT)
-        F += 0.30 * _blur(am, 1.5 * k) * lungf
-    if has("Infiltration"):
+        _line(am, [(x0 * S, y * S), (x1 * S, (y + fnd.uniform(-0.05, 0.03)) * S)], 1.0, 0.022 * S)
+        if fnd.random() < 0.5:
+            tri = [((mid + s * 0.08) * S, 0.42 * S), (x1 * S, (y - 0.06) * S), (x1 * S, (y + 0.06) * S)]
+            cv2.fillPoly(am, [_pts(tri)], 0.8, _AA, _SHIFT)
+        F += 0.9 * LD * _blur(am, 1.5 * k)
+    if has("Infiltration"):  # patchy, ill-defined
         s = pick_side() if fnd.random() < 0.7 else 0
-        zone = np.exp(-((v - fnd.uniform(0.35, 0.7)) ** 2) / 0.02)
-        sel = side_of[s] if s else True
-        patch = np.clip(_lowfreq(fnd, S, 10) - 0.3, 0, None) * zone * sel
-        F += 0.28 * _blur(patch, 2.0 * k) * lungf
-    if has("Pneumonia"):
+        zone = _exp(-((v - fnd.uniform(0.35, 0.7)) ** 2) * 40)
+        patch = np.clip(_lowfreq(fnd, S, 10) - 0.2, 0, 1) * zone
+        if s:
+            patch = patch * side_of[s]
+        F += 0.7 * LD * _blur(patch, 2.0 * k)
+    if has("Pneumonia"):  # a dense lobe bounded by a fissure, with air bronchograms
         s = pick_side()
         lower = fnd.random() < 0.65
-        fis = (v > 0.42 + 0.25 * np.abs(du) / wc) if lower else (v < 0.38 + 0.0 * u)  # fissure edge
+        fis = (v > 0.40 + 0.28 * adu / wc) if lower else (v < 0.36 + 0.04 * adu / wc)
         lobe = (lung & side_of[s] & fis).astype(np.float32)
-        bs: list = []
-        hx = (mid + s * 0.09) * S
+        roots = []
         for _ in range(3):
-            a = (math.pi if s < 0 else 0.0) + s * (fnd.uniform(0.3, 1.1) if lower else -fnd.uniform(0.3, 1.1))
-            _grow_tree(fnd, bs, hx, 0.42 * S, a, 2.0 * k, 0.15 * S, 2, 0.0, step, lambda x, y: True, 0, 0.15)
+            a = (math.pi if s < 0 else 0.0) + s * (1 if lower else -1) * fnd.uniform(0.3, 1.1)
+            roots.append(((mid + s * 0.08) * S, 0.42 * S, a, 1.8 * k, 0.14 * S, 0.0, 0))
+        bs = _forest(fnd, roots, step, anywhere, 2, wiggle=0.15)
         br = np.zeros((S, S), np.float32)
         _draw_segments(br, bs)
-        F += 0.40 * _blur(lobe, 1.2 * k) * (1.0 - 0.55 * br)
-    if has("Consolidation"):
-        c = lung_point()
+        F += 0.85 * LD * _blur(lobe, 1.2 * k) * (1.0 - 0.5 * _blur(br, 0.5 * k))
+    if has("Consolidation"):  # homogeneous dense opacity, no fissure edge
         cm = np.zeros((S, S), np.float32)
-        _ellipse(cm, c, (S * fnd.uniform(0.05, 0.09), S * fnd.uniform(0.04, 0.07)), fnd.uniform(0, 180), 1.0)
-        F += 0.42 * _blur(cm, 3.0 * k) * lungf
-    if has("Edema"):
-        bat = np.exp(-(((np.abs(du) - 0.12) / 0.11) ** 2) - ((v - 0.45) / 0.13) ** 2)
-        F += fnd.uniform(0.22, 0.3) * bat * _blur(lungf, 3 * k)
+        c = lung_point()
+        for _ in range(2):
+            q = (c[0] + fnd.normal(0, 0.02 * S), c[1] + fnd.normal(0, 0.02 * S))
+            _ellipse(cm, q, (S * fnd.uniform(0.04, 0.08), S * fnd.uniform(0.03, 0.06)), fnd.uniform(0, 180), 1.0)
+        F += 0.9 * LD * _blur(cm, 2.5 * k)
+    if has("Edema"):  # bilateral perihilar (bat-wing) haze and Kerley B lines
+        bat = _exp(-(((adu - 0.12) / 0.12) ** 2) - ((v - 0.45) / 0.14) ** 2)
+        F += fnd.uniform(0.55, 0.7) * LD * bat
         kl = np.zeros((S, S), np.float32)
-        for sgn in (-1, 1):  # Kerley B lines at the lateral bases
-            for _ in range(fnd.integers(3, 7)):
-                y = fnd.uniform(cp - 0.15, cp - 0.05)
-                x = mid + sgn * (float(half_width(y)) - 0.005)
+        for sgn in (-1, 1):
+            for _ in range(fnd.integers(4, 8)):
+                y = fnd.uniform(cp - 0.16, cp - 0.05)
+                x = mid + sgn * (float(half_width(np.float32(y))) - 0.005)
                 _line(kl, [(x * S, y * S), ((x - sgn * 0.04) * S, y * S)], 1.0, 1)
-        F += 0.15 * kl * lungf
+        F += 0.18 * kl * lungb
     if has("Emphysema"):
         for _ in range(fnd.integers(0, 3)):  # bullae
-            _circle(F, lung_point(v < 0.4), S * fnd.uniform(0.03, 0.05), 0.12, 1)
-    if has("Fibrosis"):
+            _circle(F, lung_point(v < 0.4), S * fnd.uniform(0.03, 0.05), 0.10, 1)
+    if has("Fibrosis"):  # reticular lines and small cysts in the basal and peripheral lung
         fm = np.zeros((S, S), np.float32)
-        per = lung & ((np.abs(du) > hw - 0.12) | (v > diaph - 0.12))
-        for _ in range(int(fnd.integers(40, 70))):
+        per = (adu > hw - 0.12) | (v > diaph - 0.15)
+        for _ in range(int(fnd.integers(60, 100))):
             x, y = lung_point(per)
             a = fnd.uniform(0, math.pi)
             ln = S * fnd.uniform(0.015, 0.035)
             _line(fm, [(x, y), (x + ln * math.cos(a), y + ln * math.sin(a))], 1.0, 1)
-            if fnd.random() < 0.3:  # honeycomb cysts
+            if fnd.random() < 0.3:
                 _circle(fm, (x, y), S * 0.008, 1.0, 1)
-        F += 0.20 * fm * lungf
-    if has("Pleural_Thickening"):
-        for s in ([-1, 1] if fnd.random() < 0.3 else [pick_side()]):
-            wid = fnd.uniform(0.012, 0.025)
-            y0, y1 = sorted(fnd.uniform(apex + 0.02, cp - 0.04, 2))
-            y1 = max(y1, y0 + 0.2)
-            vs = np.linspace(y0, min(y1, cp - 0.02), 20)
-            pl = [((mid + s * (float(half_width(y)) - wid / 2)) * S, y * S) for y in vs]
+        F += 0.22 * fm * lungb
+    if has("Pleural_Thickening"):  # a smooth bright band inside the lateral chest wall
+        for s in [-1, 1] if fnd.random() < 0.3 else [pick_side()]:
+            wid = fnd.uniform(0.015, 0.03)
+            y0 = fnd.uniform(apex + 0.03, 0.45)
+            vs = np.linspace(y0, min(y0 + fnd.uniform(0.2, 0.4), cp - 0.03), 20, dtype=np.float32)
+            pl = np.stack([(mid + s * (half_width(vs) - wid / 2)) * S, vs * S], 1)
             pm = np.zeros((S, S), np.float32)
             _line(pm, pl, 1.0, wid * S)
-            F += 0.30 * _blur(pm, 1.0 * k)
-    if has("Hernia"):
-        c = ((mid + fnd.uniform(-0.02, 0.06)) * S, (cp + ldrop - dome_h - fnd.uniform(0.02, 0.06)) * S)
+            F += 0.32 * _blur(pm, 1.0 * k)
+    if has("Hernia"):  # retrocardiac gas bubble with an air-fluid level above the diaphragm
+        c = ((mid + fnd.uniform(-0.02, 0.05)) * S, (cp + ldrop - dome_h - fnd.uniform(0.03, 0.07)) * S)
         r = S * fnd.uniform(0.045, 0.07)
-        hm = np.zeros((S, S), np.float32)
-        _circle(hm, c, r, 1.0)
-        gas = hm.copy()
-        cv2.rectangle(gas, (0, int(c[1] + r * fnd.uniform(0.0, 0.4))), (S, S), 0, -1)  # air-fluid level
+        gas = np.zeros((S, S), np.float32)
+        _circle(gas, c, r, 1.0)
+        cv2.rectangle(gas, (0, int(c[1] + r * fnd.uniform(0.0, 0.4))), (S, S), 0, -1)
         rim = np.zeros((S, S), np.float32)
         _circle(rim, c, r, 1.0, max(1, int(2 * k)))
-        F += 0.18 * rim - 0.32 * _blur(gas, 0.8 * k)
+        F += 0.16 * _blur(rim, 0.5 * k) - 0.30 * _blur(gas, 0.8 * k)
 
     D = D + markings + F
-    # A gastric bubble under the left dome is normal anatomy.
-    gb = np.zeros((S, S), np.float32)
+    gb = np.zeros((S, S), np.float32)  # gastric bubble under the left dome: normal anatomy
     _ellipse(gb, ((mid + wc * 0.45) * S, (cp + ldrop + 0.04) * S), (0.04 * S, 0.025 * S), 0, 1.0)
-    D -= 0.15 * _blur(gb, 2 * k) * anat.uniform(0.3, 1.0)
+    D -= 0.15 * anat.uniform(0.3, 1.0) * _blur(gb, 2 * k)
 
     # ---- acquisition: blur, quantum noise, exposure/contrast, positioning, side marker
-    D = _blur(D, 0.6 * k)
-    D = D + cam.normal(0, 0.012, (S, S)).astype(np.float32)
-    lo, hi = cam.uniform(0.0, 0.08), cam.uniform(0.78, 0.95)
-    D = np.clip((D - lo) / (hi - lo), 0, 1)
+    D = _blur(D, 0.6 * k) + 0.012 * _noise(cam, S)
+    lo, hi = cam.uniform(0.0, 0.08), cam.uniform(0.72, 0.92)
+    D = np.clip((D - lo) * np.float32(1 / (hi - lo)), 0, 1)
     D = np.power(D, np.float32(cam.uniform(0.8, 1.25)))
     M = cv2.getRotationMatrix2D((S / 2, S / 2), cam.normal(0, 2.0), cam.uniform(0.95, 1.05))
     M[:, 2] += cam.normal(0, 0.015 * S, 2)
-    D = cv2.warpAffine(D, M, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    out = np.clip(D * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    D = cv2.warpAffine(D * 255.0 + 0.5, M, (S, S), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    out = np.clip(D, 0, 255).astype(np.uint8)
     if cam.random() < 0.5 and S >= 64:
         org = (int(S * cam.uniform(0.03, 0.1)), int(S * cam.uniform(0.12, 0.2)))
         cv2.putText(out, "R", org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * k, 235, max(1, int(2 * k)), cv2.LINE_AA)
