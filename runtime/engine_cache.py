@@ -113,12 +113,16 @@ class EngineKey:
                 want, got = mine[name], theirs.get(name)
                 if name.endswith("sha256") and isinstance(want, str) and isinstance(got, str):
                     want, got = want[:12] + "…", got[:12] + "…"
-                out.append(f"{labels.get(name, name)}: engine has {got!r}, this device needs {want!r}")
+                out.append(
+                    f"{labels.get(name, name)}: engine has {got!r}, this device needs {want!r}"
+                )
         return out
 
 
 # -- which ONNX file an engine is built from --------------------------------------------------
-def source_artifact(card: ModelCard, precision: str, quantization: str = "explicit") -> tuple[str, Any]:
+def source_artifact(
+    card: ModelCard, precision: str, quantization: str = "explicit"
+) -> tuple[str, Any]:
     """(artifact key, Artifact) the builder parses for a precision.
 
     FP32 and FP16 engines come from the FP32 ONNX (FP16 is a builder choice). INT8 engines
@@ -129,15 +133,24 @@ def source_artifact(card: ModelCard, precision: str, quantization: str = "explic
         raise CardError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     onnx = {k: a for k, a in card.artifacts.items() if a.format == "onnx"}
     if precision == "int8" and quantization != "implicit":
-        candidates = {k: a for k, a in onnx.items() if a.precision == "int8" and a.target in ("tensorrt", "any")}
+        candidates = {
+            k: a
+            for k, a in onnx.items()
+            if a.precision == "int8" and a.target in ("tensorrt", "any")
+        }
         if not candidates:
-            raise CardError("the bundle has no INT8 Q/DQ ONNX for TensorRT (an artifact with format onnx, "
-                            "precision int8, target tensorrt or any); re-export with INT8", field="artifacts")
+            raise CardError(
+                "the bundle has no INT8 Q/DQ ONNX for TensorRT (an artifact with format onnx, "
+                "precision int8, target tensorrt or any); re-export with INT8",
+                field="artifacts",
+            )
         order = ("tensorrt", "any")
     else:
         candidates = {k: a for k, a in onnx.items() if a.precision == "fp32"}
         if not candidates:
-            raise CardError("the bundle has no FP32 ONNX model to build an engine from", field="artifacts")
+            raise CardError(
+                "the bundle has no FP32 ONNX model to build an engine from", field="artifacts"
+            )
         order = ("any", "tensorrt", "cpu")
     return min(candidates.items(), key=lambda kv: order.index(kv[1].target))
 
@@ -148,8 +161,14 @@ def calibration_digest(card: ModelCard) -> str | None:
     return hashlib.sha256(json.dumps(card.calibration, sort_keys=True).encode()).hexdigest()
 
 
-def make_key(card: ModelCard, precision: str, device: DeviceInfo, *, dla_core: int | None = None,
-             quantization: str = "explicit") -> EngineKey:
+def make_key(
+    card: ModelCard,
+    precision: str,
+    device: DeviceInfo,
+    *,
+    dla_core: int | None = None,
+    quantization: str = "explicit",
+) -> EngineKey:
     """The key an engine for this card, precision and device must carry.
 
     DLA has no dynamic dimensions, so a DLA engine's profile is pinned at the card's opt batch.
@@ -158,10 +177,16 @@ def make_key(card: ModelCard, precision: str, device: DeviceInfo, *, dla_core: i
     lo, opt, hi = card.input.batch
     profile = (opt, opt, opt) if dla_core is not None else (lo, opt, hi)
     return EngineKey(
-        model_sha256=artifact.sha256, precision=precision, trt_version=device.trt_version,
-        gpu_name=device.gpu_name, compute_capability=tuple(device.compute_capability),  # type: ignore[arg-type]
-        sm_count=device.sm_count, input_shape=tuple(card.input.shape), profile=profile,  # type: ignore[arg-type]
-        dla_core=dla_core, quantization=quantization,
+        model_sha256=artifact.sha256,
+        precision=precision,
+        trt_version=device.trt_version,
+        gpu_name=device.gpu_name,
+        compute_capability=tuple(device.compute_capability),  # type: ignore[arg-type]
+        sm_count=device.sm_count,
+        input_shape=tuple(card.input.shape),
+        profile=profile,  # type: ignore[arg-type]
+        dla_core=dla_core,
+        quantization=quantization,
         calibration_sha256=calibration_digest(card) if quantization == "implicit" else None,
     )
 
@@ -184,9 +209,15 @@ def write_engine(plan: Path, data: bytes, key: EngineKey, **extra: Any) -> Path:
     """Write the plan, then its sidecar, each atomically; the sidecar holds the plan's sha256."""
     plan.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(plan, bytes(data))
-    sidecar = {"key": key.to_dict(), "digest": key.digest(),
-               "plan_sha256": hashlib.sha256(bytes(data)).hexdigest(), **extra}
-    atomic_write(sidecar_path(plan), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    sidecar = {
+        "key": key.to_dict(),
+        "digest": key.digest(),
+        "plan_sha256": hashlib.sha256(bytes(data)).hexdigest(),
+        **extra,
+    }
+    atomic_write(
+        sidecar_path(plan), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode()
+    )
     return plan
 
 
@@ -195,8 +226,10 @@ def read_sidecar(plan: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise StaleEngine(f"{plan}: no sidecar {path.name}, so nothing says which model, device and "
-                          "TensorRT it was built for; rebuild it with `edgescreen engine build`") from None
+        raise StaleEngine(
+            f"{plan}: no sidecar {path.name}, so nothing says which model, device and "
+            "TensorRT it was built for; rebuild it with `edgescreen engine build`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StaleEngine(f"{path}: sidecar is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
@@ -204,7 +237,9 @@ def read_sidecar(plan: str | Path) -> dict[str, Any]:
     return data
 
 
-def check_engine(plan: str | Path, expected: EngineKey, *, verify_hash: bool = True) -> dict[str, Any]:
+def check_engine(
+    plan: str | Path, expected: EngineKey, *, verify_hash: bool = True
+) -> dict[str, Any]:
     """Raise StaleEngine unless `plan` is intact and was built for exactly `expected`."""
     plan = Path(plan)
     if not plan.is_file():
@@ -213,12 +248,16 @@ def check_engine(plan: str | Path, expected: EngineKey, *, verify_hash: bool = T
     found = EngineKey.from_dict(sidecar["key"])
     diffs = expected.differences(found)
     if diffs:
-        raise StaleEngine(f"{plan.name} was built for another model or device and will not be loaded "
-                          f"({'; '.join(diffs)}); rebuild it on this device with "
-                          f"`edgescreen engine build BUNDLE --precision {expected.precision}`")
+        raise StaleEngine(
+            f"{plan.name} was built for another model or device and will not be loaded "
+            f"({'; '.join(diffs)}); rebuild it on this device with "
+            f"`edgescreen engine build BUNDLE --precision {expected.precision}`"
+        )
     if verify_hash and sidecar.get("plan_sha256") != sha256_file(plan):
-        raise StaleEngine(f"{plan.name}: file does not match the sha256 in its sidecar (truncated or "
-                          "modified); delete it and rebuild")
+        raise StaleEngine(
+            f"{plan.name}: file does not match the sha256 in its sidecar (truncated or "
+            "modified); delete it and rebuild"
+        )
     return sidecar
 
 
@@ -280,16 +319,27 @@ def current_device(trt: Any = None) -> DeviceInfo:
         except ImportError:
             raise BackendUnavailable(
                 "TensorRT is not installed: sudo apt install python3-libnvinfer python3-pycuda "
-                "(JetPack 6)") from None
+                "(JetPack 6)"
+            ) from None
     from .backends import cuda_mem
 
     props = cuda_mem.device_properties(0)
-    return DeviceInfo(gpu_name=props.name, compute_capability=props.compute_capability,
-                      trt_version=str(trt.__version__), sm_count=props.sm_count)
+    return DeviceInfo(
+        gpu_name=props.name,
+        compute_capability=props.compute_capability,
+        trt_version=str(trt.__version__),
+        sm_count=props.sm_count,
+    )
 
 
-def expected_key(bundle: str | Path, precision: str, *, device: DeviceInfo | None = None,
-                 dla_core: int | None = None, quantization: str | None = None) -> EngineKey:
+def expected_key(
+    bundle: str | Path,
+    precision: str,
+    *,
+    device: DeviceInfo | None = None,
+    dla_core: int | None = None,
+    quantization: str | None = None,
+) -> EngineKey:
     card = load_card(bundle)
     device = device or current_device()
     if quantization is None:

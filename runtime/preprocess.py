@@ -226,7 +226,9 @@ def _check_values(cfg: PreprocessConfig | SimpleNamespace, where: str) -> None:
         and all(_is_number(v) for v in wp)
         and 0 <= wp[0] < wp[1] <= 100
     ):
-        raise bad("window_percentiles", f"must be [low, high] with 0 <= low < high <= 100, got {wp!r}")
+        raise bad(
+            "window_percentiles", f"must be [low, high] with 0 <= low < high <= 100, got {wp!r}"
+        )
     if not (_is_number(cfg.clahe_clip) and cfg.clahe_clip > 0):
         raise bad("clahe_clip", f"must be > 0, got {cfg.clahe_clip!r}")
     for name in ("crop_to_disc", "ben_graham", "circle_mask", "denoise", "clahe"):
@@ -428,7 +430,9 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     # A camera's field of view ends in a sharp step to black; a chest X-ray's dark
     # corners fade.  Just outside the circle the frame must be (nearly) black.
     ring = np.zeros((sh, sw), np.uint8)
-    cv2.circle(ring, (round(cx * 16), round(cy * 16)), round((r * 1.1 + 2) * 16), 1, cv2.FILLED, shift=4)
+    cv2.circle(
+        ring, (round(cx * 16), round(cy * 16)), round((r * 1.1 + 2) * 16), 1, cv2.FILLED, shift=4
+    )
     ring[circle > 0] = 0
     ring = cv2.subtract(ring, cv2.dilate(circle, kernel))
     outside = v[ring > 0]
@@ -441,7 +445,9 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
         and fov >= 0.1
     )
     if not found:
-        return Disc(fallback.cx, fallback.cy, fallback.radius, False, clipped, float(fov), float(iou))
+        return Disc(
+            fallback.cx, fallback.cy, fallback.radius, False, clipped, float(fov), float(iou)
+        )
     return Disc(float(cx_src), float(cy_src), float(r_src), True, clipped, float(fov), float(iou))
 
 
@@ -495,7 +501,9 @@ def _prepare_fundus(image: np.ndarray, cfg: PreprocessConfig, size: int, disc: D
     if cfg.circle_mask:
         mask = np.zeros((size, size), np.uint8)
         centre = (round((ocx - 0.5) * 16), round((ocy - 0.5) * 16))
-        cv2.circle(mask, centre, round(cfg.mask_radius_frac * orad * 16), 255, cv2.FILLED, cv2.LINE_8, 4)
+        cv2.circle(
+            mask, centre, round(cfg.mask_radius_frac * orad * 16), 255, cv2.FILLED, cv2.LINE_8, 4
+        )
         # Where the disc is clipped by the frame, Ben Graham leaves a bright/dark band
         # along the cut; trim the same margin there as at the circle's edge.
         if cfg.ben_graham:

@@ -28,11 +28,15 @@ def _synthetic_fundus(h, w, cx, cy, r, notch=False, seed=0) -> np.ndarray:
     img = np.zeros((h, w, 3), np.uint8)
     cv2.circle(img, (round(cx), round(cy)), round(r), (170, 80, 30), cv2.FILLED)
     img = cv2.add(img, rng.integers(0, 3, img.shape, dtype=np.uint8))
-    cv2.line(img, (round(cx - r / 2), round(cy)), (round(cx + r / 2), round(cy + r / 3)), (90, 30, 10), 4)
+    cv2.line(
+        img, (round(cx - r / 2), round(cy)), (round(cx + r / 2), round(cy + r / 3)), (90, 30, 10), 4
+    )
     if notch:  # a dark inward notch at the top-right rim, as some cameras print
         ang = -math.pi / 4
         px, py = cx + r * math.cos(ang), cy + r * math.sin(ang)
-        cv2.rectangle(img, (round(px - 15), round(py - 15)), (round(px + 15), round(py + 15)), 0, -1)
+        cv2.rectangle(
+            img, (round(px - 15), round(py - 15)), (round(px + 15), round(py + 15)), 0, -1
+        )
     return img
 
 

@@ -139,14 +139,18 @@ def _forest(
     generations. One generation of every tree is walked at once as a 2-D array: per-segment
     numpy calls cost more than the arithmetic on a small CPU.
     """
-    x, y, ang, w, ln, cv = (np.array(c, dtype=np.float64) for c in list(zip(*roots))[:6])
+    x, y, ang, w, ln, cv = (
+        np.array(c, dtype=np.float64) for c in list(zip(*roots, strict=True))[:6]
+    )
     tag = np.array([r[6] for r in roots])
     segs: list[Segment] = []
     for level in range(depth + 1):
         m = len(x)
         nst = np.maximum(2, (ln / step).astype(np.int64))
         N = int(nst.max())
-        angs = ang[:, None] + np.cumsum(cv[:, None] * _DECAY[None, :N] + rng.normal(0, wiggle, (m, N)), 1)
+        angs = ang[:, None] + np.cumsum(
+            cv[:, None] * _DECAY[None, :N] + rng.normal(0, wiggle, (m, N)), 1
+        )
         P = np.empty((m, N + 1, 2))
         P[:, 0, 0], P[:, 0, 1] = x, y
         P[:, 1:, 0] = x[:, None] + step * np.cumsum(np.cos(angs), 1)
@@ -175,9 +179,11 @@ def _forest(
     return segs
 
 
-def _draw_segments(mask: np.ndarray, segments: list[Segment], val: float = 1.0, tag: int | None = None) -> None:
+def _draw_segments(
+    mask: np.ndarray, segments: list[Segment], val: float = 1.0, tag: int | None = None
+) -> None:
     """Draw tree segments; sub-pixel calibres become fainter 1-px lines, which reads as thinner."""
-    for _pts_, w, t, fx in segments:
+    for _, w, t, fx in segments:
         if tag is None or t == tag:
             cv2.polylines(mask, [fx], False, val * min(1.0, w), max(1, int(round(w))), _AA, _SHIFT)
 
@@ -207,7 +213,6 @@ def generate_fundus(
     k = S / 256.0
     anat, les, cam = _children(rng, 3)
     u, v = _grid(S)
-    X, Y = u * S, v * S
 
     # Camera framing: the field-of-view circle, off-centre and of varying size.
     R = S * anat.uniform(0.40, 0.53)
@@ -216,34 +221,39 @@ def generate_fundus(
     if eye is None:
         eye = "L" if anat.random() < 0.5 else "R"
     side = -1.0 if eye == "L" else 1.0  # disc on the image left for a left eye
-    dx, dy = X - cx, Y - cy
-    r2 = (dx * dx + dy * dy) * np.float32(1 / (R * R))
-
     # Optic disc on the nasal side; the macula about 2.5 disc diameters temporal to it.
     disc = (cx + side * R * anat.uniform(0.36, 0.48), cy + R * anat.normal(-0.03, 0.05))
-    rd = R * anat.uniform(0.105, 0.135)
-    mac = (disc[0] - side * rd * anat.uniform(4.2, 5.0), disc[1] + R * anat.uniform(0.02, 0.08))
+    rd = R * anat.uniform(0.13, 0.16)
+    mac = (disc[0] - side * R * anat.uniform(0.45, 0.55), disc[1] + R * anat.uniform(0.02, 0.08))
 
-    # Background: orange-red fundus, fine choroidal texture, darker pigmented macula.
-    lum = 1.0 + 0.045 * _lowfreq(anat, S, 5) + 0.03 * _lowfreq(anat, S, 20)
-    lum += 0.012 * _noise(anat, S)
-    lum -= 0.45 * np.power(np.minimum(r2, 1.3), 1.7)  # vignetting towards the rim
-    md2 = ((X - mac[0]) ** 2 + (Y - mac[1]) ** 2) * np.float32(1 / (R * R))
-    lum -= 0.28 * _exp(md2 * np.float32(-1 / (2 * 0.12**2)))
-    lum -= 0.15 * _exp(md2 * np.float32(-1 / (2 * 0.022**2)))
-    dd2 = ((X - disc[0]) ** 2 + (Y - disc[1]) ** 2) * np.float32(1 / (rd * rd))
-    lum += 0.16 * _exp(dd2 * np.float32(-1 / (2 * 2.2**2)))  # peripapillary glow
+    # The picture is reflectance (albedo, drawn on directly with OpenCV) times illumination
+    # (`lum`: vignetting, pigment, glare); drawing in colour keeps full-image passes few.
     base = np.array([0.86, 0.40, 0.13], np.float32) * np.float32(anat.uniform(0.85, 1.1))
     base[1] *= anat.uniform(0.85, 1.15)
     base[2] *= anat.uniform(0.7, 1.3)
-    img = base[:, None, None] * lum[None]  # planar 3xSxS: far faster than HxWx3 broadcasting
-    img[1] += 0.015 * _lowfreq(anat, S, 12)
+    alb = np.empty((S, S, 3), np.float32)
+    alb[:] = base
 
-    # Optic disc: yellow-pink rim with a soft edge, pale central cup.
-    dmask = np.clip(1.2 - dd2 * dd2, 0, 1) * 0.88
-    img += dmask * (np.array([1.0, 0.76, 0.47], np.float32)[:, None, None] - img)
-    cup = np.clip(1.0 - dd2 * np.float32(1 / anat.uniform(0.15, 0.35)), 0, 1) * 0.65
-    img += cup * (np.array([1.0, 0.93, 0.80], np.float32)[:, None, None] - img)
+    def col(c, t: float = 1.0) -> tuple[float, float, float]:
+        # `c` relative to the background colour, faded to it by t (thin vessels, faint spots)
+        return tuple(float(b + t * (b * c[i] - b)) for i, b in enumerate(base))
+
+    def soften(x: float, y: float, r: float, sigma: float) -> None:
+        x0, y0 = max(int(x - r - 3 * sigma), 0), max(int(y - r - 3 * sigma), 0)
+        x1, y1 = min(int(x + r + 3 * sigma) + 2, S), min(int(y + r + 3 * sigma) + 2, S)
+        if x1 > x0 + 2 and y1 > y0 + 2:
+            alb[y0:y1, x0:x1] = cv2.GaussianBlur(alb[y0:y1, x0:x1], (0, 0), sigma)
+
+    # Optic disc: yellow-pink rim, pale central cup, soft edge.
+    _circle(alb, disc, rd, (0.98, 0.70, 0.42))
+    _ellipse(
+        alb,
+        disc,
+        (rd * anat.uniform(0.3, 0.5), rd * anat.uniform(0.35, 0.55)),
+        0,
+        (1.0, 0.86, 0.66),
+    )
+    soften(*disc, rd, rd * 0.18)
 
     # Vessels: superior/inferior temporal arcades arching around the macula, nasal branches,
     # small macular twigs. Veins (tag 1) darker and wider than arteries (tag 0).
@@ -251,11 +261,13 @@ def generate_fundus(
     mr2 = (0.09 * R) ** 2
 
     def inside(x, y):
-        return ((x - cx) ** 2 + (y - cy) ** 2 < (1.04 * R) ** 2) & ((x - mac[0]) ** 2 + (y - mac[1]) ** 2 > mr2)
+        return ((x - cx) ** 2 + (y - cy) ** 2 < (1.04 * R) ** 2) & (
+            (x - mac[0]) ** 2 + (y - mac[1]) ** 2 > mr2
+        )
 
     tmp = math.pi if side > 0 else 0.0  # direction from disc to macula
     turn = 1.0 if side < 0 else -1.0
-    wv = k * anat.uniform(2.2, 2.8)
+    wv = k * anat.uniform(2.0, 2.6)
     roots = []
     for tag, wmul in ((1, 1.0), (0, 0.7)):
         for up in (-1.0, 1.0):
@@ -267,17 +279,19 @@ def generate_fundus(
             roots.append((sx, sy, an, wv * wmul * 0.75, R * 0.4, 0.0, tag))
         roots.append((disc[0], disc[1], tmp + anat.normal(0, 0.3), wv * 0.4, R * 0.3, 0.0, tag))
     segs = _forest(anat, roots, step, inside, 4)
-    vmask = np.zeros((S, S), np.float32)
-    amask = np.zeros((S, S), np.float32)
-    _draw_segments(vmask, segs, tag=1)
-    _draw_segments(amask, segs, tag=0)
+    vein, artery = (0.62, 0.30, 0.45), (0.80, 0.50, 0.60)
+    for _, w, tag, fx in sorted(segs, key=lambda s: s[2]):  # veins over arteries
+        cv2.polylines(
+            alb,
+            [fx],
+            False,
+            col(vein if tag else artery, min(1.0, w)),
+            max(1, int(round(w))),
+            _AA,
+            _SHIFT,
+        )
 
     # ------------------------------------------------ lesions: kind and number follow the grade
-    red = np.zeros((S, S), np.float32)  # microaneurysms, haemorrhages
-    yel = np.zeros((S, S), np.float32)  # hard exudates
-    wht = np.zeros((S, S), np.float32)  # cotton-wool spots, fibrous veil
-    neo = np.zeros((S, S), np.float32)  # new vessels
-
     def spot(spread: float = 0.55) -> tuple[float, float]:
         # Lesions cluster in the posterior pole around the macula, away from the disc.
         for _ in range(20):
@@ -289,19 +303,27 @@ def generate_fundus(
                 return px, py
         return mac[0], mac[1] - 0.3 * R
 
+    red, blot, yellow, cotton = (
+        (0.50, 0.16, 0.30),
+        (0.42, 0.12, 0.25),
+        (1.2, 2.25, 2.6),
+        (1.12, 2.1, 4.8),
+    )
     n_ma, n_hem, n_ex = (int(les.integers(lo, hi + 1)) for lo, hi in _FUNDUS_LESIONS[grade])
     for _ in range(n_ma):  # microaneurysms: tiny, crisp, dark red
-        _circle(red, spot(), k * les.uniform(0.7, 1.2), 1.0)
+        _circle(alb, spot(), k * les.uniform(0.7, 1.2), col(red))
     for _ in range(n_hem):
         p = spot(0.6)
         if les.random() < 0.7:  # dot/blot: a lumpy cluster of ellipses
             for _ in range(les.integers(1, 4)):
                 q = (p[0] + les.normal(0, 1.2 * k), p[1] + les.normal(0, 1.2 * k))
                 ax = k * les.uniform(1.3, 3.2)
-                _ellipse(red, q, (ax, ax * les.uniform(0.6, 1.0)), les.uniform(0, 180), 0.9)
+                _ellipse(alb, q, (ax, ax * les.uniform(0.6, 1.0)), les.uniform(0, 180), col(blot))
         else:  # flame: elongated along the nerve fibres (radial from the disc)
             ang = math.degrees(math.atan2(p[1] - disc[1], p[0] - disc[0]))
-            _ellipse(red, p, (k * les.uniform(3.5, 6), k * les.uniform(1.0, 1.8)), ang, 0.8)
+            _ellipse(
+                alb, p, (k * les.uniform(3.5, 6), k * les.uniform(1.0, 1.8)), ang, col(red, 0.9)
+            )
     for _ in range(n_ex):  # hard exudates: clusters or circinate rings of small yellow dots
         c = spot(0.4)
         ring = les.random() < 0.35
@@ -312,20 +334,23 @@ def generate_fundus(
                 q = (c[0] + rr * math.cos(t), c[1] + rr * math.sin(t))
             else:
                 q = (c[0] + les.normal(0, 3.5 * k), c[1] + les.normal(0, 3.5 * k))
-            _circle(yel, q, k * les.uniform(0.7, 1.9), 1.0)
+            _circle(alb, q, k * les.uniform(0.7, 1.9), col(yellow))
     main = [s for s in segs if s[1] > wv * 0.5 and len(s[0]) > 4]
     if grade >= 3:
+        for pts, w, tag, _ in main:  # venous beading: sausage-like calibre changes
+            if tag != 1 or les.random() < 0.4:
+                continue
+            for j in range(2, len(pts) - 1, 3):
+                _circle(alb, pts[j], max(w * 0.5, 0.8) * les.uniform(1.1, 1.5), col(vein))
         for _ in range(les.integers(2, 6)):  # cotton-wool spots: fluffy pale patches near arcades
             pts = main[les.integers(0, len(main))][0]
             p = pts[les.integers(0, len(pts))]
             p = (p[0] + les.normal(0, 4 * k), p[1] + les.normal(0, 4 * k))
             ax = k * les.uniform(3.0, 6.0)
-            _ellipse(wht, p, (ax, ax * les.uniform(0.5, 0.9)), les.uniform(0, 180), 0.75)
-        for pts, w, tag, _ in main:  # venous beading: sausage-like calibre changes
-            if tag != 1 or les.random() < 0.4:
-                continue
-            for j in range(2, len(pts) - 1, 3):
-                _circle(vmask, pts[j], max(w * 0.85, 1.0) * les.uniform(1.0, 1.4), 1.0)
+            _ellipse(
+                alb, p, (ax, ax * les.uniform(0.5, 0.9)), les.uniform(0, 180), col(cotton, 0.8)
+            )
+            soften(*p, ax, 1.6 * k)
     if grade == 4:
         # Neovascularisation: tufts of fine, tortuous loops at the disc and/or on the arcades.
         sites = []
@@ -340,36 +365,45 @@ def generate_fundus(
                 a = les.uniform(0, 2 * math.pi) + np.cumsum(les.normal(0, 0.9, m))
                 xs = sx + 1.4 * k * np.cumsum(np.cos(a))
                 ys = sy + 1.4 * k * np.cumsum(np.sin(a))
-                _line(neo, np.stack([np.r_[sx, xs], np.r_[sy, ys]], 1), 0.9, 1)
+                _line(alb, np.stack([np.r_[sx, xs], np.r_[sy, ys]], 1), col(vein, 0.8), 1)
         if les.random() < 0.4:  # pre-retinal (boat-shaped) haemorrhage
-            _ellipse(red, spot(0.5), (k * les.uniform(7, 12), k * les.uniform(4, 7)), 0, 0.9)
+            _ellipse(alb, spot(0.5), (k * les.uniform(7, 12), k * les.uniform(4, 7)), 0, col(blot))
         if les.random() < 0.35:  # fibrovascular veil along an arcade
-            _line(wht, main[0][0], 0.45, 6 * k)
+            pts = main[0][0]
+            _line(alb, pts, col(cotton, 0.5), 6 * k)
+            lo_, hi_ = pts.min(0), pts.max(0)
+            c, r = (lo_ + hi_) / 2, float((hi_ - lo_).max()) / 2
+            soften(c[0], c[1], r, 2.0 * k)
 
-    # Composite: vessels and lesions over the background.
-    wht = _blur(wht, 2.0 * k)
-    vm = np.minimum(vmask + 0.8 * _blur(neo, 0.4 * k), 1.0)
-    img *= 1 - 0.55 * vm * np.array([0.55, 1.0, 1.0], np.float32)[:, None, None]
-    img *= 1 - 0.42 * amask * np.array([0.35, 1.0, 1.0], np.float32)[:, None, None]
-    img *= 1 - red * np.array([0.5, 0.82, 0.8], np.float32)[:, None, None]
-    img += yel * (np.array([1.0, 0.88, 0.35], np.float32)[:, None, None] - img)
-    img += wht * (np.array([0.98, 0.88, 0.72], np.float32)[:, None, None] - img)
-
-    # ------------------------------------------------ camera nuisances
-    gain = np.exp(cam.normal(0.0, 0.18))
-    cast = np.array([1.0, *np.exp(cam.normal(0.0, 0.08, 2))], np.float32) * np.float32(gain)
-    img = np.clip(img * cast[:, None, None], 0, 1.2)
-    img = np.power(img, np.float32(cam.uniform(0.85, 1.2)))
-    if cam.random() < 0.5:  # slight defocus
-        sig = cam.uniform(0.4, 1.2) * k
-        img = np.stack([_blur(c, sig) for c in img])
-    img += 0.012 * _noise(cam, S)
+    # ------------------------------------------------ illumination
+    X, Y = u * S, v * S
+    r2 = ((X - cx) ** 2 + (Y - cy) ** 2) * np.float32(1 / (R * R))
+    lum = 1.0 + 0.045 * _lowfreq(anat, S, 5) + 0.03 * _lowfreq(anat, S, 20) + 0.012 * _noise(cam, S)
+    lum -= 0.45 * (r2 * np.sqrt(r2))  # vignetting towards the rim
+    md2 = ((X - mac[0]) ** 2 + (Y - mac[1]) ** 2) * np.float32(1 / (R * R))
+    lum -= 0.28 * _exp(md2 * np.float32(-1 / (2 * 0.12**2))) + 0.15 * _exp(
+        md2 * np.float32(-1 / (2 * 0.022**2))
+    )
+    dd2 = ((X - disc[0]) ** 2 + (Y - disc[1]) ** 2) * np.float32(1 / (rd * rd))
+    lum += 0.08 * _exp(dd2 * np.float32(-1 / (2 * 2.0**2)))  # peripapillary glow
     ap = np.clip((1.0 - np.sqrt(r2)) * np.float32(R / 1.2) + 0.5, 0, 1)  # aperture, soft 1-px rim
     if cam.random() < 0.4:  # the sensor's 3:2 frame cuts the circle top and bottom
         h = R * cam.uniform(0.8, 0.93)
-        ap = ap * ((Y > cy - h) & (Y < cy + h))
-    img = np.clip(img * (ap * 255.0) + 0.5, 0, 255).astype(np.uint8)
-    return cv2.merge(list(img))
+        ap *= np.abs(Y - cy) < h
+    lum *= ap * 255.0
+    img = cv2.convertScaleAbs(cv2.multiply(alb, cv2.merge([lum, lum, lum])))
+
+    # ------------------------------------------------ camera: exposure, colour cast, gamma, focus
+    gain = np.exp(cam.normal(0.0, 0.18)) * np.exp(np.r_[0.0, cam.normal(0.0, 0.08, 2)])
+    gamma = cam.uniform(0.85, 1.2)
+    x = np.arange(256, dtype=np.float64) / 255.0
+    lut = np.stack(
+        [np.clip(np.power(np.minimum(x * g, 1.0), gamma) * 255.0 + 0.5, 0, 255) for g in gain], 1
+    )
+    img = cv2.LUT(img, lut.astype(np.uint8).reshape(256, 1, 3))
+    if cam.random() < 0.5:  # slight defocus
+        img = cv2.GaussianBlur(img, (0, 0), cam.uniform(0.4, 1.2) * k)
+    return img
 
 
 # ---------------------------------------------------------------------------- OCT
@@ -411,9 +445,15 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
     fx = S / 2 + anat.normal(0, 0.06 * S)  # fovea
     fov = _exp(-((xs - fx) ** 2) / (2 * (anat.uniform(0.045, 0.065) * S) ** 2))
     pit = anat.uniform(0.75, 0.95)
-    th = {name: np.full(S, thick * k * anat.uniform(0.85, 1.15), np.float32) for name, _, thick in _OCT_LAYERS}
+    scale = k * anat.uniform(1.25, 1.6)
+    th = {
+        name: np.full(S, thick * scale * anat.uniform(0.85, 1.15), np.float32)
+        for name, _, thick in _OCT_LAYERS
+    }
     # RNFL thickens towards the (off-screen) disc on one side; inner layers vanish in the pit.
-    th["rnfl"] *= 1.0 + anat.uniform(0.3, 1.2) * np.clip(t * (1 if anat.random() < 0.5 else -1) * 2, 0, 1)
+    th["rnfl"] *= 1.0 + anat.uniform(0.3, 1.2) * np.clip(
+        t * (1 if anat.random() < 0.5 else -1) * 2, 0, 1
+    )
     for name in ("rnfl", "gcl", "ipl", "inl", "opl"):
         th[name] *= 1.0 - pit * fov
     th["onl"] *= 1.0 + 0.35 * fov
@@ -436,22 +476,32 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
         sub += dome(c, w, k * path.uniform(10, 24), 0.7)
         sub_val = 0.82
         if path.random() < 0.85:
-            srf += dome(c + path.normal(0, 8 * k), w * path.uniform(1.1, 1.8), k * path.uniform(5, 15), 0.8)
+            srf += dome(
+                c + path.normal(0, 8 * k), w * path.uniform(1.1, 1.8), k * path.uniform(5, 15), 0.8
+            )
         for name in ("inl", "onl"):  # overlying oedema
             th[name] *= 1.0 + path.uniform(0.2, 0.6) * fov
         for _ in range(path.integers(0, 3)):
-            cysts.append((c + path.normal(0, w * 0.5), 0.5, k * path.uniform(2, 5), k * path.uniform(2, 4)))
+            cysts.append(
+                (c + path.normal(0, w * 0.5), 0.5, k * path.uniform(2, 5), k * path.uniform(2, 4))
+            )
     elif label == "DME":
-        swell = _exp(-((xs - fx - path.normal(0, 10 * k)) ** 2) / (2 * (path.uniform(0.1, 0.18) * S) ** 2))
+        swell = _exp(
+            -((xs - fx - path.normal(0, 10 * k)) ** 2) / (2 * (path.uniform(0.1, 0.18) * S) ** 2)
+        )
         th["inl"] *= 1.0 + path.uniform(1.0, 2.5) * swell
         th["onl"] *= 1.0 + path.uniform(0.6, 1.4) * swell
         for name in ("rnfl", "gcl", "ipl", "opl"):  # the pit fills in
             th[name] = th[name] + pit * fov * _OCT_LAYERS[0][2] * k * 0.6
         for _ in range(path.integers(4, 12)):
             rx = k * path.uniform(2.5, 8.0)
-            cysts.append((fx + path.normal(0, 0.09 * S), path.random(), rx, rx * path.uniform(0.7, 1.4)))
+            cysts.append(
+                (fx + path.normal(0, 0.09 * S), path.random(), rx, rx * path.uniform(0.7, 1.4))
+            )
         if path.random() < 0.4:
-            srf += dome(fx + path.normal(0, 6 * k), k * path.uniform(12, 25), k * path.uniform(3, 7))
+            srf += dome(
+                fx + path.normal(0, 6 * k), k * path.uniform(12, 25), k * path.uniform(3, 7)
+            )
 
     # Boundaries, bottom-up from Bruch's membrane, then listed top-down.
     rpe_bot = bm - sub
@@ -464,18 +514,21 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
     bounds.append(y)  # the inner limiting membrane
     bounds = bounds[::-1]
     lut = np.array(
-        [0.03] + [val for _, val, _ in _OCT_LAYERS] + [0.03, 0.97, sub_val, 0.0], np.float32
+        [0.008] + [val for _, val, _ in _OCT_LAYERS] + [0.02, 0.97, sub_val, 0.0], np.float32
     )  # vitreous, layers, fluid, RPE, sub-RPE, choroid (filled below)
-    _, Yg = _grid(S)
-    Y = Yg * S
+    rows = _grid(S)[1] * S
     region = np.zeros((S, S), np.uint8)
     for b in bounds:
-        region += Y >= b[None, :]
+        region += rows >= b[None, :]
     img = lut[region]
 
     # Choroid: reflectivity fading with depth, dark vessel lumens; sclera below.
-    depth = (Y - bm[None, :]) / S
-    chor = 0.62 * _exp(-depth / anat.uniform(0.06, 0.11)) * np.clip(1.0 + 0.55 * _lowfreq(anat, S, 18), 0.1, None)
+    depth = (rows - bm[None, :]) / S
+    chor = (
+        0.5
+        * _exp(-depth / anat.uniform(0.04, 0.07))
+        * np.clip(1.0 + 0.5 * _lowfreq(anat, S, 18), 0.1, None)
+    )
     img = np.where(region == len(bounds), chor, img)
     if label == "CNV":  # the fibrovascular mass is lumpy
         mass = region == len(bounds) - 1
@@ -494,19 +547,21 @@ def generate_oct(rng: np.random.Generator, label: str, size: int = 256) -> np.nd
     for _ in range(anat.integers(2, 6)):
         c, w = anat.uniform(0, S), k * anat.uniform(1.5, 4)
         shade = 1.0 - 0.55 * _exp(-((xs - c) ** 2) / (2 * w * w))
-        below = Y > (bounds[1][None, :] + 1)
+        below = rows > (bounds[1][None, :] + 1)
         img = np.where(below, img * shade[None, :], img)
 
     img = cv2.GaussianBlur(img, (0, 0), sigmaX=0.6 * k, sigmaY=0.9 * k)
     # Speckle: multiplicative, laterally correlated (the beam is wider than the axial resolution).
     spk = cv2.blur(_noise(cam, S, "gamma"), (3, 1))
-    img = img * spk + 0.035 * np.abs(_noise(cam, S))
+    img = img * spk + 0.012 * np.abs(_noise(cam, S))
     gain = cam.uniform(8, 25)
     img = np.log1p(gain * img) / np.log1p(gain) * cam.uniform(0.85, 1.1)
     # Registration tilt and shift, as scanners rotate the B-scan to follow the retina.
     M = cv2.getRotationMatrix2D((S / 2, S / 2), cam.normal(0, 3.0), 1.0)
     M[1, 2] += cam.normal(0, 0.03 * S)
-    img = cv2.warpAffine(img, M, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    img = cv2.warpAffine(
+        img, M, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
+    )
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -522,7 +577,8 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     S = int(size)
     k = S / 256.0
     anat, fnd, cam = _children(rng, 3)
-    u, v = _grid(S)
+    gu, gv = _grid(S)
+    u, v = gu[:1, :], gv[:, :1]  # a row and a column: most anatomy is separable, broadcast late
     has = findings.__contains__
 
     # ---- anatomy parameters (always drawn, in a fixed order, so findings only modify them)
@@ -570,15 +626,20 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     right = du < 0  # the patient's right is the image left
 
     def dome(c, base, h):
-        return base - h * np.clip(1.0 - ((u - c) / 0.22) ** 2, 0, 1)
+        # lateral ends dip below the costophrenic level: sharp, deep angles
+        return base - h * np.clip(1.0 - ((u - c) / 0.2) ** 2, -0.5, 1)
 
-    diaph = np.where(right, dome(mid - wc * 0.45, cp - el_r, dome_h), dome(mid + wc * 0.45, cp + ldrop - el_l, dome_h))
+    diaph = np.where(
+        right,
+        dome(mid - wc * 0.45, cp - el_r, dome_h),
+        dome(mid + wc * 0.45, cp + ldrop - el_l, dome_h),
+    )
     # Heart: about 1/3 right of the midline, 2/3 left, apex tilted down towards the left.
     hwid = ctr * wc
     heart_m = np.zeros((S, S), np.uint8)
     hc = ((mid + 0.16 * 2 * hwid) * S, (cp + ldrop - dome_h * 0.5 - heart_h * 0.6) * S)
     _ellipse(heart_m, hc, (hwid * S * 1.02, heart_h * S), anat.uniform(10, 25), 1)
-    _ellipse(heart_m, ((mid + 0.06) * S, 0.30 * S), (0.035 * S, 0.03 * S), 0, 1)  # aortic knob
+    _ellipse(heart_m, ((mid + 0.045) * S, 0.31 * S), (0.03 * S, 0.035 * S), 0, 1)  # aortic knob
     heart = heart_m.astype(bool)
     med_w = 0.05 + 0.02 * _exp(-((v - 0.38) ** 2) * 250)  # mediastinum, wider at the hila
     lung = cage & ~heart & (adu > med_w) & (v < diaph)
@@ -594,7 +655,7 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     cv2.fillPoly(body, [_pts([(x * S, y * S) for x, y in outline])], 1.0, _AA, _SHIFT)
     body = _blur(body, 2.0 * k)
     D = body * tissue * (1.0 - 0.35 * np.minimum((adu / body_w) ** 2, 1.0))
-    D += 0.10 * _blur(((v > diaph) & (adu < hw + 0.03)).astype(np.float32), 1.5 * k)  # abdomen
+    D += 0.07 * _blur(((v > diaph) & (adu < hw + 0.03)).astype(np.float32), 2.0 * k)  # abdomen
 
     # Lungs: darkest in the mid zones; apices, bases and the periphery carry soft tissue.
     shade = 1.0 - 0.35 * _exp(-(((v - apex) / 0.07) ** 2)) - 0.25 * np.clip((v - 0.55) / 0.3, 0, 1)
@@ -607,32 +668,36 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     _line(tr, [(mid * S, 0), (mid * S, 0.34 * S)], 1.0, 0.028 * S)
     D -= 0.10 * _blur(tr, 1.5 * k)
     ph = anat.uniform(0, 1)
-    sp = (adu < 0.032).astype(np.float32) * (0.6 + 0.4 * (np.cos((v - ph) * (2 * np.pi / 0.05)) > -0.6))
-    D += 0.07 * _blur(sp, 1.0 * k)
+    sp = (adu < 0.032).astype(np.float32) * (
+        0.6 + 0.4 * (np.cos((v - ph) * (2 * np.pi / 0.05)) > -0.6)
+    )
+    D += 0.04 * _blur(sp, 1.2 * k)
 
     # Ribs: posterior arcs rising from the spine and curving down the lateral wall, fainter
     # anterior ribs sloping down-medially; clavicles on top. Most visible over the lungs.
+    # All ribs of a kind go to OpenCV in one call.
     bone = np.zeros((S, S), np.float32)
-    gap = H / 10.0
-    f = np.linspace(0, 1, 14)
+    f = np.linspace(0, 1, 14)[None, :]
+    y0 = (apex - 0.015 + np.arange(10) * (H / 10.0))[:, None]
+    lat = half_width(np.minimum(y0 + 0.06, cp)) + 0.015
+    ys = y0 + 0.03 * f + 0.07 * f**3 - 0.03 * np.sin(np.pi * f)
+    ay = ys[:7, -1:]
+    ant_y = np.concatenate([ay, ay + 0.07, ay + 0.10], 1)
     for sgn in (-1, 1):
-        for i in range(10):
-            y0 = apex - 0.015 + i * gap
-            yl = y0 + 0.06
-            lat = float(half_width(np.float32(min(yl, cp)))) + 0.015
-            xs = mid + sgn * (0.035 + f * (lat - 0.035))
-            ys = y0 - 0.03 * np.sin(np.pi * f * 0.9) + 0.07 * f**4
-            pts = np.stack([xs * S, ys * S], 1)
-            _line(bone, pts, 0.55, 0.02 * S * (1 - 0.3 * i / 10))
-            _line(bone, pts - (0, 0.008 * S), 1.0, 1)  # cortex
-            if i < 7:
-                ax = mid + sgn * lat
-                ant = [(ax * S, (yl + 0.01) * S), ((ax - sgn * 0.1) * S, (yl + 0.07) * S), ((mid + sgn * 0.12) * S, (yl + 0.12) * S)]
-                _line(bone, ant, 0.3, 0.014 * S)
+        xs = mid + sgn * (0.035 + f * (lat - 0.035))
+        post = _pts(np.stack([xs, ys], -1) * S).reshape(10, 14, 1, 2)
+        cv2.polylines(bone, list(post), False, 0.45, max(1, round(0.016 * S)), _AA, _SHIFT)
+        for dy, val in ((-0.008, 0.9), (0.008, 0.6)):  # cortices
+            cv2.polylines(bone, list(post + _fx(dy * S) * np.array([0, 1], np.int32)), False, val, 1, _AA, _SHIFT)
+        ax = mid + sgn * lat[:7]
+        ant_x = np.concatenate([ax, ax - sgn * 0.08, np.full_like(ax, mid + sgn * 0.14)], 1)
+        ant = _pts(np.stack([ant_x, ant_y], -1) * S).reshape(7, 3, 1, 2)
+        cv2.polylines(bone, list(ant), False, 0.35, max(1, round(0.014 * S)), _AA, _SHIFT)
         cl = [((mid + sgn * 0.04) * S, 0.16 * S), ((mid + sgn * 0.17) * S, 0.15 * S), ((mid + sgn * 0.32) * S, 0.10 * S)]
-        _line(bone, cl, 1.0, 0.022 * S)
+        _line(bone, cl, 1.0, 0.024 * S)
+        _line(bone, cl, 1.6, 2 * k)
     bone *= (0.3 + 0.7 * lungb) * (v < diaph + 0.02)
-    D += 0.14 * _blur(bone, 0.7 * k)
+    D += 0.09 * _blur(bone, 0.9 * k)
 
     # Lung markings: vessels branching from the hila, tapering and fading towards the periphery.
     step = 0.018 * S
@@ -645,12 +710,12 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         hx, hy = (mid + sgn * 0.085) * S, 0.40 * S
         for a in np.linspace(-1.3, 1.3, 7):
             ang = (math.pi if sgn < 0 else 0.0) + sgn * a + anat.normal(0, 0.1)
-            roots.append((hx, hy, ang, 2.0 * k, 0.17 * S, 0.0, 0))
-    segs = _forest(anat, roots, step, anywhere, 3, wiggle=0.15)
+            roots.append((hx, hy, ang, 2.4 * k, 0.2 * S, 0.0, 0))
+    segs = _forest(anat, roots, step, anywhere, 3, wiggle=0.18)
     mk = np.zeros((S, S), np.float32)
     _draw_segments(mk, segs)
     hil = _exp(-(((adu - 0.08) / 0.2) ** 2))
-    markings = (0.09 * marks) * _blur(mk, 0.6 * k) * hil * lungb
+    markings = (0.07 * marks) * _blur(mk, 1.0 * k) * hil * lungb
 
     # ---- findings
     F = np.zeros((S, S), np.float32)
@@ -695,8 +760,13 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         r = S * fnd.uniform(0.045, 0.07)
         mm = np.zeros((S, S), np.float32)
         for _ in range(3):  # lobulated
-            _circle(mm, (c[0] + fnd.normal(0, r * 0.25), c[1] + fnd.normal(0, r * 0.25)), r * fnd.uniform(0.7, 1.0), 1.0)
-        F += 0.32 * _blur(mm, 1.2 * k)
+            _circle(
+                mm,
+                (c[0] + fnd.normal(0, r * 0.25), c[1] + fnd.normal(0, r * 0.25)),
+                r * fnd.uniform(0.7, 1.0),
+                1.0,
+            )
+        F += 0.27 * _blur(mm, 1.4 * k)
     if has("Atelectasis"):  # plate-like band or wedge, on the side of the raised hemidiaphragm
         s = atel_side
         y = cp - fnd.uniform(0.12, 0.22)
@@ -704,7 +774,11 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         am = np.zeros((S, S), np.float32)
         _line(am, [(x0 * S, y * S), (x1 * S, (y + fnd.uniform(-0.05, 0.03)) * S)], 1.0, 0.022 * S)
         if fnd.random() < 0.5:
-            tri = [((mid + s * 0.08) * S, 0.42 * S), (x1 * S, (y - 0.06) * S), (x1 * S, (y + 0.06) * S)]
+            tri = [
+                ((mid + s * 0.08) * S, 0.42 * S),
+                (x1 * S, (y - 0.06) * S),
+                (x1 * S, (y + 0.06) * S),
+            ]
             cv2.fillPoly(am, [_pts(tri)], 0.8, _AA, _SHIFT)
         F += 0.9 * LD * _blur(am, 1.5 * k)
     if has("Infiltration"):  # patchy, ill-defined
@@ -732,7 +806,13 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         c = lung_point()
         for _ in range(2):
             q = (c[0] + fnd.normal(0, 0.02 * S), c[1] + fnd.normal(0, 0.02 * S))
-            _ellipse(cm, q, (S * fnd.uniform(0.04, 0.08), S * fnd.uniform(0.03, 0.06)), fnd.uniform(0, 180), 1.0)
+            _ellipse(
+                cm,
+                q,
+                (S * fnd.uniform(0.04, 0.08), S * fnd.uniform(0.03, 0.06)),
+                fnd.uniform(0, 180),
+                1.0,
+            )
         F += 0.9 * LD * _blur(cm, 2.5 * k)
     if has("Edema"):  # bilateral perihilar (bat-wing) haze and Kerley B lines
         bat = _exp(-(((adu - 0.12) / 0.12) ** 2) - ((v - 0.45) / 0.14) ** 2)
@@ -768,7 +848,10 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
             _line(pm, pl, 1.0, wid * S)
             F += 0.32 * _blur(pm, 1.0 * k)
     if has("Hernia"):  # retrocardiac gas bubble with an air-fluid level above the diaphragm
-        c = ((mid + fnd.uniform(-0.02, 0.05)) * S, (cp + ldrop - dome_h - fnd.uniform(0.03, 0.07)) * S)
+        c = (
+            (mid + fnd.uniform(-0.02, 0.05)) * S,
+            (cp + ldrop - dome_h - fnd.uniform(0.03, 0.07)) * S,
+        )
         r = S * fnd.uniform(0.045, 0.07)
         gas = np.zeros((S, S), np.float32)
         _circle(gas, c, r, 1.0)
@@ -777,7 +860,7 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         _circle(rim, c, r, 1.0, max(1, int(2 * k)))
         F += 0.16 * _blur(rim, 0.5 * k) - 0.30 * _blur(gas, 0.8 * k)
 
-    D = D + markings + F
+    D = D + markings + F + 0.03 * _lowfreq(anat, S, 3)
     gb = np.zeros((S, S), np.float32)  # gastric bubble under the left dome: normal anatomy
     _ellipse(gb, ((mid + wc * 0.45) * S, (cp + ldrop + 0.04) * S), (0.04 * S, 0.025 * S), 0, 1.0)
     D -= 0.15 * anat.uniform(0.3, 1.0) * _blur(gb, 2 * k)
@@ -793,7 +876,9 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     out = np.clip(D, 0, 255).astype(np.uint8)
     if cam.random() < 0.5 and S >= 64:
         org = (int(S * cam.uniform(0.03, 0.1)), int(S * cam.uniform(0.12, 0.2)))
-        cv2.putText(out, "R", org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * k, 235, max(1, int(2 * k)), cv2.LINE_AA)
+        cv2.putText(
+            out, "R", org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * k, 235, max(1, int(2 * k)), cv2.LINE_AA
+        )
     return out
 
 
@@ -809,7 +894,9 @@ def image_rng(seed: int, modality: str, index: int) -> np.random.Generator:
 
 def _patient_labels(modality: str, seed: int, patient: int) -> list:
     """Labels of one synthetic patient's 1-2 images (two eyes, two scans, a follow-up film)."""
-    rng = np.random.default_rng([int(seed), MODALITIES.index(modality), _SALT_PATIENT, int(patient)])
+    rng = np.random.default_rng(
+        [int(seed), MODALITIES.index(modality), _SALT_PATIENT, int(patient)]
+    )
     n = 2 if rng.random() < 0.7 else 1
     if modality == "fundus":
         g = int(rng.integers(0, len(DR_GRADES)))
@@ -836,7 +923,9 @@ def _label_text(modality: str, label) -> str:
     return str(label)
 
 
-def _render(modality: str, rng: np.random.Generator, label, size: int, eye: str | None = None) -> np.ndarray:
+def _render(
+    modality: str, rng: np.random.Generator, label, size: int, eye: str | None = None
+) -> np.ndarray:
     if modality == "fundus":
         return generate_fundus(rng, label, size, eye=eye)
     if modality == "oct":
@@ -915,7 +1004,9 @@ def _sheet_labels(modality: str) -> list:
     return [frozenset(), frozenset(), *singles[:9], *combos[:1], *singles[9:], combos[1]]
 
 
-def contact_sheet(modality: str, path: Path, *, seed: int = 0, tile: int = 192, size: int = 256) -> Path:
+def contact_sheet(
+    modality: str, path: Path, *, seed: int = 0, tile: int = 176, size: int = 256
+) -> Path:
     """A labelled grid of generated images (5 columns for fundus/CXR, 4 for OCT) as a PNG."""
     labels = _sheet_labels(modality)
     cols = 4 if modality == "oct" else 5
@@ -934,14 +1025,29 @@ def contact_sheet(modality: str, path: Path, *, seed: int = 0, tile: int = 192, 
         for j, part in enumerate(text.split("|")):
             org = (3, 12 + 12 * j)
             cv2.putText(img, part, org, cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0,) * 3, 3, cv2.LINE_AA)
-            cv2.putText(img, part, org, cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 80)[: img.shape[2]], 1, cv2.LINE_AA)
+            cv2.putText(
+                img,
+                part,
+                org,
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.38,
+                (255, 255, 80)[: img.shape[2]],
+                1,
+                cv2.LINE_AA,
+            )
         r, c = divmod(i, cols)
         sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = img
         sheet[r * tile, :] = 60
         sheet[:, c * tile] = 60
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(_encode_png(sheet if colour else sheet[..., 0]))
+    sheet &= 0xFC  # 6 bits per channel: invisible at this scale, keeps the docs PNGs small
+    if colour:
+        sheet = cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(
+        ".png", sheet if colour else sheet[..., 0], [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    )
+    path.write_bytes(buf.tobytes())
     return path
 
 

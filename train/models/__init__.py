@@ -9,7 +9,9 @@ writes into the ONNX graph and the model card; the roles are the runtime's:
 - ``heatmap``     (N, k, h, w) non-negative map, built from forward tensors only (no
   autograd), so it survives ONNX export.
 
-Any other key is training-only.  Each class also carries ``task`` and ``family``.
+Any other key is training-only; ``ExportView(model)`` returns just the exported ones, as
+a tuple in ``export_outputs`` order, for tracing.  Each class also carries ``task`` and
+``family``.
 
     model = build_model("multitask", num_classes=5, tiny=True)
 """
@@ -49,6 +51,7 @@ def list_models() -> list[str]:
 
 
 # The family modules register themselves on import; they need `register` defined above.
-from . import m2cnn, multitask, ran  # noqa: E402,F401
+from . import agcnn, m2cnn, multitask, ran, zoomin  # noqa: E402,F401
+from .common import ExportView  # noqa: E402
 
-__all__ = ["build_model", "list_models", "register"]
+__all__ = ["ExportView", "build_model", "list_models", "register"]

@@ -18,3 +18,21 @@ def class_activation_map(fmap: torch.Tensor, head: nn.Linear) -> torch.Tensor:
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class ExportView(nn.Module):
+    """``model`` with only its ``export_outputs``, as a tuple in that order.
+
+    A dict-returning forward exports every value, training-only heads included; this
+    wrapper keeps the ONNX graph to the outputs the card describes (and lets the dead
+    heads be pruned from it).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.names = tuple(model.export_outputs)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        return tuple(out[k] for k in self.names)

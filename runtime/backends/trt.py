@@ -1,0 +1,352 @@
+"""TensorRT backend: runs a cached engine (plan) for this device, torch-free.
+
+Loader + runner in the Polygraphy spirit, with the buffer core of TensorRT's
+samples/python/common_runtime.py: deserialize the plan, allocate page-locked host and
+device buffers once for the profile's largest batch, bind them with set_tensor_address,
+and per call set the input shape, copy in, execute_async_v3, copy out, synchronize.
+
+`model_path` may be
+- a bundle directory: the engine for `precision` on this device is looked up in
+  bundle/engines/ (and built there when missing and `build=True`);
+- an ONNX file of a bundle (what the Screener passes): same, with the precision read
+  from the card's entry for that file;
+- an engine file: loaded only if its sidecar key matches this device and bundle.
+
+tensorrt and pycuda are imported when a backend is made, never at module import, so
+`engine_available()` and the registry cost nothing where they are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..card import CARD_FILE, load_card
+from ..engine_cache import (
+    DeviceInfo,
+    Lookup,
+    StaleEngine,
+    check_engine,
+    current_device,
+    default_quantization,
+    find_engine,
+    make_key,
+    read_sidecar,
+)
+from ..errors import BackendUnavailable, EdgescreenError
+from . import cuda_mem
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "sudo apt install python3-libnvinfer python3-pycuda"
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - optional, heavy
+    except ImportError:
+        raise BackendUnavailable(
+            f"the tensorrt backend needs TensorRT: {INSTALL_HINT} (JetPack 6); "
+            "on a GPU host: pip install tensorrt pycuda"
+        ) from None
+    return trt
+
+
+def _logger(trt: Any) -> Any:
+    # One logger per process: TensorRT keeps a reference to it for the runtime's lifetime.
+    global _TRT_LOGGER
+    if _TRT_LOGGER is None:
+        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _TRT_LOGGER
+
+
+_TRT_LOGGER: Any = None
+
+
+# -- engine discovery ----------------------------------------------------------------------
+def engine_available(
+    bundle: str | Path,
+    precision: str,
+    *,
+    device: DeviceInfo | None = None,
+    dla_core: int | None = None,
+) -> bool:
+    """True when an intact engine keyed for this device, TensorRT and bundle is in bundle/engines.
+
+    Cheap (no deserialisation, no hashing of the plan) and never raises: for backend
+    auto-selection. False where TensorRT or pycuda is missing.
+    """
+    try:
+        if device is None:
+            device = current_device()
+        card = load_card(bundle)
+        key = make_key(
+            card,
+            precision,
+            device,
+            dla_core=dla_core,
+            quantization=default_quantization(device.trt_version, precision),
+        )
+        return find_engine(bundle, key, verify_hash=False).found
+    except (EdgescreenError, OSError, ValueError):
+        return False
+
+
+def _resolve(model_path: Path, precision: str | None) -> tuple[Path, str | None, Path | None]:
+    """(bundle, precision, explicit engine file or None) from what the caller passed."""
+    if model_path.is_dir():
+        return model_path, precision, None
+    if model_path.suffix in (".engine", ".plan", ".trt"):
+        bundle = (
+            model_path.parent.parent if model_path.parent.name == "engines" else model_path.parent
+        )
+        return bundle, precision, model_path
+    if model_path.suffix == ".onnx" and (model_path.parent / CARD_FILE).is_file():
+        bundle = model_path.parent
+        if precision is None:
+            card = load_card(bundle)
+            entry = next((a for a in card.artifacts.values() if a.file == model_path.name), None)
+            precision = entry.precision if entry is not None else None
+        return bundle, precision, None
+    raise BackendUnavailable(
+        f"{model_path}: the tensorrt backend runs a bundle's engine; pass the bundle "
+        "directory, one of its ONNX files, or an engine file from bundle/engines"
+    )
+
+
+def locate_engine(
+    bundle: Path,
+    precision: str,
+    *,
+    build: bool,
+    dla_core: int | None = None,
+    device: DeviceInfo | None = None,
+    workspace_mb: int | None = None,
+) -> Path:
+    """The engine to load: the cached one for this device, else a fresh build, else refuse."""
+    device = device or current_device()
+    card = load_card(bundle)
+    key = make_key(
+        card,
+        precision,
+        device,
+        dla_core=dla_core,
+        quantization=default_quantization(device.trt_version, precision),
+    )
+    found: Lookup = find_engine(bundle, key)
+    if found.path is not None:
+        return found.path
+    if not build:
+        raise StaleEngine(
+            f"{found.explain()}; build one with `edgescreen engine build {bundle} "
+            f"--precision {precision}`"
+        )
+    for reason in found.refused:
+        log.warning("not loading engine: %s", reason)
+    log.warning(
+        "building a %s TensorRT engine for %s on %s (first run on this device; this takes minutes)",
+        precision,
+        card.name,
+        device.gpu_name,
+    )
+    try:
+        from edgescreen.export.trt import build_engine  # noqa: PLC0415 - the builder lives in export
+    except ImportError:
+        raise StaleEngine(
+            f"{found.explain()}, and the engine builder (edgescreen.export) is not installed "
+            "here; build the engine with jetson/build-and-selftest.sh"
+        ) from None
+    options = {"workspace_mb": workspace_mb} if workspace_mb else {}
+    return build_engine(bundle, precision, dla_core=dla_core, device=device, **options)
+
+
+# -- the backend ------------------------------------------------------------------------------
+class TrtBackend:
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        precision: str | None = None,
+        build: bool = True,
+        dla_core: int | None = None,
+        device_ordinal: int = 0,
+        workspace_mb: int | None = None,
+        **_ignored: Any,
+    ) -> None:
+        trt = import_tensorrt()
+        self._trt = trt
+        self._buffers: dict[str, cuda_mem.HostDeviceBuffer] = {}
+        self._stream = None
+        self.context = self.engine = self._runtime = None
+        self._cuda_ctx = cuda_mem.CudaContext(device_ordinal)
+        bundle, precision, engine_file = _resolve(Path(model_path), precision)
+        precision = precision or "fp16"
+        with self._cuda_ctx:
+            info = current_device(trt)
+            if engine_file is not None:
+                card = load_card(bundle)
+                key = make_key(
+                    card,
+                    precision,
+                    info,
+                    dla_core=dla_core,
+                    quantization=default_quantization(info.trt_version, precision),
+                )
+                # Refuse another model's, device's or TensorRT's plan before TensorRT touches it.
+                check_engine(engine_file, key)
+                plan = engine_file
+            else:
+                plan = locate_engine(
+                    bundle,
+                    precision,
+                    build=build,
+                    dla_core=dla_core,
+                    device=info,
+                    workspace_mb=workspace_mb,
+                )
+            self.engine_path = plan
+            self.precision = precision
+            self.device = f"cuda:{device_ordinal}" + (
+                f"+dla{dla_core}" if dla_core is not None else ""
+            )
+            try:
+                self._load(plan)
+            except BaseException:
+                self._release()
+                raise
+
+    def _load(self, plan: Path) -> None:
+        trt = self._trt
+        self._runtime = trt.Runtime(_logger(trt))
+        self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise StaleEngine(
+                f"{plan.name}: TensorRT could not deserialize the engine (see the TensorRT log "
+                "above); delete it and rebuild on this device"
+            )
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendUnavailable(
+                f"{plan.name}: could not create an execution context (out of GPU memory?)"
+            )
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        ]
+        if len(inputs) != 1:
+            raise BackendUnavailable(
+                f"{plan.name}: expected one input tensor, the engine has {inputs}"
+            )
+        self.input_name = inputs[0]
+        lo, _, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.sample_shape = tuple(int(d) for d in hi[1:])
+        # Size every buffer once for the largest batch: the output shapes at max input shape.
+        if not self.context.set_input_shape(self.input_name, tuple(hi)):
+            raise BackendUnavailable(
+                f"{plan.name}: the engine refused its own max shape {tuple(hi)}"
+            )
+        self._stream = cuda_mem.Stream()
+        for name in (self.input_name, *self.output_names):
+            shape = tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise BackendUnavailable(
+                    f"{plan.name}: output {name!r} has a data-dependent shape {shape}, "
+                    "which this backend does not support"
+                )
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            buf = cuda_mem.HostDeviceBuffer(int(np.prod(shape)), dtype)
+            self._buffers[name] = buf
+            self.context.set_tensor_address(name, buf.ptr)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.context is None:
+            raise BackendUnavailable("the tensorrt backend is closed")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 1 + len(self.sample_shape) or tuple(batch.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"expected a batch of shape (N, {', '.join(map(str, self.sample_shape))}), "
+                f"got {batch.shape}"
+            )
+        n = len(batch)
+        if n == 0:
+            raise ValueError("empty batch")
+        parts = [self._run(batch[i : i + self.max_batch]) for i in range(0, n, self.max_batch)]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+
+    def _run(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(chunk)
+        if (
+            n < self.min_batch
+        ):  # e.g. a DLA engine pinned at one batch size: pad, then drop the padding
+            pad = np.zeros((self.min_batch - n, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        with self._cuda_ctx:
+            if not self.context.set_input_shape(self.input_name, chunk.shape):
+                raise ValueError(
+                    f"input shape {chunk.shape} is outside the engine's profile "
+                    f"(batch {self.min_batch}..{self.max_batch})"
+                )
+            self._buffers[self.input_name].to_device(chunk, self._stream)
+            if not self.context.execute_async_v3(self._stream.handle):
+                raise EdgescreenError(
+                    f"TensorRT execution failed on {self.engine_path.name} "
+                    "(see the TensorRT log above)"
+                )
+            pending = {}
+            for name in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                pending[name] = (
+                    shape,
+                    self._buffers[name].from_device(int(np.prod(shape)), self._stream),
+                )
+            self._stream.synchronize()
+        # Copy out of the reused page-locked buffers; FP16 outputs are widened for postprocessing.
+        return {
+            name: view.reshape(shape)[:n].astype(np.float32, copy=True)
+            for name, (shape, view) in pending.items()
+        }
+
+    def close(self) -> None:
+        if getattr(self, "_cuda_ctx", None) is None:
+            return
+        with self._cuda_ctx:
+            self._release()
+        self._cuda_ctx.release()
+        self._cuda_ctx = None
+
+    def _release(self) -> None:
+        for buf in self._buffers.values():
+            buf.free()
+        self._buffers = {}
+        if self._stream is not None:
+            self._stream.free()
+            self._stream = None
+        # Destroy in reverse order of creation: context, engine, runtime.
+        self.context = None
+        self.engine = None
+        self._runtime = None
+
+    def __enter__(self) -> TrtBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        sidecar = read_sidecar(self.engine_path)
+        return {
+            "engine": str(self.engine_path),
+            "precision": self.precision,
+            "device": self.device,
+            "batch": [self.min_batch, self.max_batch],
+            "key": sidecar.get("key"),
+        }

@@ -1,0 +1,313 @@
+"""Exports from the ledger: a self-contained HTML report and a flat CSV, optionally pseudonymised.
+
+Both are written owner-only (0600) and atomically. The HTML needs nothing but a browser:
+thumbnails and heatmap overlays are inline base64 JPEGs, the decision filter is a few
+lines of inline JS, and nothing is fetched from anywhere.
+
+Pseudonymisation replaces every file name and patient id with an HMAC-SHA256 of it under
+a key kept beside the ledger (`<db>.key`, 0600), so the same file always gets the same
+pseudonym and a holder of the key can re-identify, nobody else can. Error texts and
+action sentences that quote a file name are scrubbed too.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import hmac
+import html
+import io
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+
+from .ledger import Item, Ledger
+from .patients import Patient, group
+from .sniff import pixel_limit_problem, sniff
+
+THUMB_SIDE = 160
+_FILTERS = ("urgent", "refer", "routine", "rescreen", "none", "ungradable", "failed", "pending")
+
+
+# -- files -------------------------------------------------------------------------------------
+def write_private(target: Path, data: bytes) -> None:
+    """Atomic write of an owner-only file (never visible half-written or world-readable)."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_key(db: Path) -> bytes:
+    """The pseudonymisation key beside the ledger, created on first use (0600)."""
+    path = Path(f"{db}.key")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    return bytes.fromhex(path.read_text().strip())
+
+
+class Names:
+    """File names and patient ids as they appear in an export: real, or keyed pseudonyms."""
+
+    def __init__(self, key: bytes | None, root: Path) -> None:
+        self.key, self.root = key, Path(os.path.abspath(root))
+        self._pattern: re.Pattern | None = None
+        self._map: dict[str, str] = {}
+
+    def _mac(self, kind: str, value: str) -> str:
+        return hmac.new(self.key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:16]
+
+    def path(self, rel: str) -> str:
+        return rel if self.key is None else f"img-{self._mac('path', rel)}"
+
+    def patient(self, pid: str) -> str:
+        return pid if self.key is None else f"pt-{self._mac('patient', pid)}"
+
+    def learn(self, paths: list[str], patients: list[Patient]) -> None:
+        if self.key is None:
+            return
+        for rel in paths:
+            alias = self.path(rel)
+            pure = PurePosixPath(rel)
+            for real in (str(self.root / rel), rel, pure.name, pure.stem):
+                if len(real) >= 4:
+                    self._map.setdefault(real, alias)
+        for p in patients:
+            for real in (p.id, p.patient):
+                if len(real) >= 4:
+                    self._map.setdefault(real, self.patient(p.id))
+        if self._map:
+            ordered = sorted(self._map, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+    def scrub(self, text: str | None) -> str:
+        if not text or self._pattern is None:
+            return text or ""
+        return self._pattern.sub(lambda m: self._map[m.group(0)], text)
+
+
+# -- rows --------------------------------------------------------------------------------------
+def _rows(ledger: Ledger, root: Path, names: Names):
+    items = list(ledger.items())
+    patients = group(items, root)
+    names.learn([p for item in items for p in item.paths], patients)
+    eye_of = {e.path: (p, e.eye) for p in patients for e in p.eyes}
+    return items, patients, eye_of
+
+
+def _summary(item: Item) -> str:
+    r = item.result or {}
+    if r.get("grade") is not None:
+        return f"grade {r['grade']} ({r.get('label')})"
+    if r.get("positive_findings"):
+        return ", ".join(r["positive_findings"])
+    return r.get("label") or ""
+
+
+def _reasons(item: Item) -> list[str]:
+    issues = (item.result or {}).get("quality", {}).get("issues", [])
+    return [i.get("message", "") for i in issues]
+
+
+def write_csv(ledger: Ledger, root: Path, target: Path, *, key: bytes | None = None) -> int:
+    names = Names(key, root)
+    items, _, eye_of = _rows(ledger, root, names)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "aliases", "sha256", "state", "decision", "action", "result", "grade",
+                     "referable_probability", "probabilities", "quality_reasons", "error", "notes",
+                     "patient", "eye", "patient_decision", "bundle_sha256", "precision"])
+    for item in items:
+        r = item.result or {}
+        who = eye_of.get(item.path) or next((eye_of[p] for p in item.paths if p in eye_of), None)
+        writer.writerow([
+            names.path(item.path), ";".join(names.path(p) for p in item.paths if p != item.path),
+            item.sha256 or "", item.state, item.decision or "", names.scrub(r.get("action")), _summary(item),
+            "" if r.get("grade") is None else r["grade"],
+            "" if r.get("referable_probability") is None else f"{r['referable_probability']:.6f}",
+            json.dumps(r.get("probabilities") or {}, sort_keys=True), "; ".join(_reasons(item)),
+            names.scrub(item.error), names.scrub(item.notes),
+            names.patient(who[0].id) if who else "", who[1] if who else "", who[0].decision if who else "",
+            (r.get("audit") or {}).get("bundle_sha256", ""), (r.get("audit") or {}).get("precision", ""),
+        ])
+    write_private(target, buf.getvalue().encode("utf-8"))
+    return len(items)
+
+
+# -- HTML --------------------------------------------------------------------------------------
+def _thumbs(root: Path, item: Item, crop_to_disc: bool, max_pixels: int | None) -> tuple[str | None, str | None]:
+    """(photo, heatmap overlay) as data: URIs; None where the file is gone or unreadable."""
+    if item.state not in ("done", "ungradable"):
+        return None, None  # failed files may be corrupt or hostile: never decode them here
+    image = None
+    for rel in [item.path, *item.paths]:
+        try:
+            data = (root / rel).read_bytes()
+        except OSError:
+            continue
+        image = _decode_small(data, rel, max_pixels)
+        if image is not None:
+            break
+    if image is None:
+        return None, None
+    photo = _jpeg(_fit(image, THUMB_SIDE))
+    heat = None
+    if item.heatmap_png is not None:
+        m = (item.result or {}).get("quality", {}).get("measurements", {})
+        heat = _jpeg(_overlay(image, item.heatmap_png, m, crop_to_disc))
+    return photo, heat
+
+
+def _decode_small(data: bytes, rel: str, max_pixels: int | None) -> np.ndarray | None:
+    """A BGR uint8 picture at reduced size (JPEG decodes at 1/2-1/8 scale for speed)."""
+    sn = sniff(data, dicom_by_name=rel.lower().endswith(".dcm"))
+    if sn.format is None or pixel_limit_problem(sn, max_pixels):
+        return None
+    if sn.format == "dicom":
+        from .dicom import decode_dicom
+
+        try:
+            arr, _ = decode_dicom(data, rel, max_pixels=max_pixels)
+        except Exception:  # noqa: BLE001 - a thumbnail is optional
+            return None
+        if arr.dtype != np.uint8:
+            arr = (arr >> 8).astype(np.uint8)
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR) if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    flags = cv2.IMREAD_COLOR
+    if sn.format == "jpeg" and sn.size is not None:
+        scale = max(sn.size) / THUMB_SIDE
+        flags = (cv2.IMREAD_REDUCED_COLOR_8 if scale >= 8 else cv2.IMREAD_REDUCED_COLOR_4 if scale >= 4
+                 else cv2.IMREAD_REDUCED_COLOR_2 if scale >= 2 else cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    return image
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    f = side / max(h, w)
+    if f >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def _overlay(image: np.ndarray, heat_png: bytes, m: dict, crop_to_disc: bool) -> np.ndarray:
+    """The heatmap over the part of the photo the model saw (the disc square for fundus)."""
+    h, w = image.shape[:2]
+    if crop_to_disc and m.get("disc_found") and m.get("width"):
+        s = w / m["width"]  # the thumbnail may be decoded at reduced scale
+        cx, cy, r = (m["disc_cx"] + 0.5) * s, (m["disc_cy"] + 0.5) * s, m["disc_radius"] * s
+        x0, y0, side = round(cx - r), round(cy - r), max(1, round(2 * r))
+        pads = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
+        crop = image[max(y0, 0):min(y0 + side, h), max(x0, 0):min(x0 + side, w)]
+        base = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_CONSTANT, value=0) if any(pads) else crop
+        base = cv2.resize(base, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    else:  # other modalities: the whole image, stretched to the square input
+        base = cv2.resize(image, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    heat = cv2.imdecode(np.frombuffer(heat_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    heat = cv2.resize(heat, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(base, 0.55, cv2.applyColorMap(heat, cv2.COLORMAP_JET), 0.45, 0)
+
+
+def _jpeg(image: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+_CSS = """
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%;margin-bottom:2em}
+th,td{border-bottom:1px solid #ddd;padding:6px;text-align:left;vertical-align:top}
+th{background:#f4f4f4}
+img{border-radius:4px;margin-right:4px}
+.badge{display:inline-block;padding:2px 8px;border-radius:10px;color:#fff;font-weight:600}
+.urgent{background:#b00020}.refer{background:#e65100}.routine{background:#6d4c41}
+.rescreen{background:#2e7d32}.none{background:#2e7d32}.ungradable{background:#757575}
+.failed{background:#424242}.pending{background:#9e9e9e}
+.filters button{margin:0 4px 8px 0;padding:4px 10px;border:1px solid #999;border-radius:4px;background:#fff;cursor:pointer}
+.filters button.on{background:#222;color:#fff}
+.small{color:#666;font-size:12px}.name{word-break:break-all;max-width:22em}
+"""
+
+_JS = """
+function show(d){
+  document.querySelectorAll('.filters button').forEach(function(b){b.classList.toggle('on', b.dataset.f===d)});
+  document.querySelectorAll('tr[data-decision]').forEach(function(r){
+    r.style.display = (d==='all' || r.dataset.decision===d) ? '' : 'none'});
+}
+"""
+
+
+def write_html(ledger: Ledger, root: Path, target: Path, *, key: bytes | None = None, card=None) -> int:
+    names = Names(key, root)
+    items, patients, _ = _rows(ledger, root, names)
+    esc = html.escape
+    crop = bool(card is not None and card.modality == "fundus" and card.preprocessing.crop_to_disc)
+    max_pixels = card.input.max_pixels if card is not None else None
+    counts = ledger.counts()
+    title = "edgescreen batch report"
+    head = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{title}</title>",
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
+            f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
+            f"<h1>{title}</h1>",
+            f"<p class=small>model {esc(ledger.meta('model') or '?')} · bundle sha256 "
+            f"{esc((ledger.meta('bundle_sha256') or '?')[:16])}… · precision {esc(ledger.meta('precision') or '?')}"
+            f" · generated {time.strftime('%Y-%m-%d %H:%M:%S')} · "
+            "research and engineering evaluation only; not for clinical use</p>",
+            f"<p><b>{counts['done']}</b> screened · <b>{counts['ungradable']}</b> ungradable · "
+            f"<b>{counts['failed']}</b> failed · <b>{counts['pending']}</b> pending · "
+            f"<b>{ledger.referrals()}</b> referrals</p>"]
+    present = [d for d in _FILTERS if any((i.decision or i.state) == d for i in items)]
+    head.append("<div class=filters><button data-f=all class=on onclick=\"show('all')\">all</button>"
+                + "".join(f"<button data-f={d} onclick=\"show('{d}')\">{d}</button>" for d in present) + "</div>")
+    body = []
+    if patients:
+        body.append("<h2>Patients</h2><table><tr><th>patient</th><th>eyes</th><th>decision</th><th>note</th></tr>")
+        for p in patients:
+            eyes = ", ".join(f"{e.eye}: {e.decision or e.state}" for e in p.eyes)
+            body.append(f"<tr data-decision='{esc(p.decision)}'><td class=name>{esc(names.patient(p.id))}</td>"
+                        f"<td>{esc(eyes)}</td><td><span class='badge {esc(p.decision)}'>{esc(p.decision)}</span>"
+                        f"</td><td>{esc(p.note)}</td></tr>")
+        body.append("</table>")
+    body.append("<h2>Images</h2><table><tr><th>image</th><th>file</th><th>decision</th><th>action</th>"
+                "<th>result</th><th>quality / error</th></tr>")
+    for item in items:
+        r = item.result or {}
+        decision = item.decision or item.state
+        photo, heat = _thumbs(root, item, crop, max_pixels)
+        pics = "".join(f"<img src='{u}' alt='{a}' height=100>" for u, a in ((photo, "photo"), (heat, "heatmap"))
+                       if u)
+        aliases = [names.path(p) for p in item.paths if p != item.path]
+        alias_html = f"<div class=small>also: {esc(', '.join(aliases))}</div>" if aliases else ""
+        detail = "; ".join(_reasons(item)) or names.scrub(item.error)
+        notes = f"<div class=small>{esc(names.scrub(item.notes))}</div>" if item.notes else ""
+        prob = r.get("referable_probability")
+        prob_html = f"<div class=small>P(referable) {prob:.2f}</div>" if prob is not None else ""
+        body.append(
+            f"<tr data-decision='{esc(decision)}' data-state='{esc(item.state)}'><td>{pics}</td>"
+            f"<td class=name>{esc(names.path(item.path))}{alias_html}</td>"
+            f"<td><span class='badge {esc(decision)}'>{esc(decision)}</span></td>"
+            f"<td>{esc(names.scrub(r.get('action')) or item.state)}</td>"
+            f"<td>{esc(_summary(item))}{prob_html}</td><td>{esc(detail)}{notes}</td></tr>")
+    body.append("</table></body></html>")
+    write_private(target, "\n".join(head + body).encode("utf-8"))
+    return len(items)

@@ -1,0 +1,416 @@
+"""Golden set and the on-device self-test: does this device give the answers export saw?
+
+Export runs a few preprocessed images through the FP32 model and stores, in bundle/golden/:
+
+    inputs.npy      (N, C, H, W) float32, already preprocessed (no decoder or OpenCV drift)
+    outputs.npz     the FP32 outputs, one array per output name
+    manifest.json   source image names and sha256, the model's sha256, created_by,
+                    and the tolerances per precision
+
+`selftest` runs the inputs through the backend this device would use and compares with
+the FP32 outputs: the largest error of each score output, relative to its scale; the
+largest change of a probability; and whether the decision (refer / rescreen / ...) is
+the same, through the very postprocessing a screening uses. A device is `ready` only
+when all of them are within the card's limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .card import ModelCard, atomic_write, load_card, sha256_file, verify_artifacts
+from .errors import CardError, EdgescreenError
+from .postprocess import activate, interpret_batch
+
+GOLDEN_DIR = "golden"
+MANIFEST = "manifest.json"
+INPUTS = "inputs.npy"
+OUTPUTS = "outputs.npz"
+GOLDEN_SCHEMA = 1
+
+# max_rel: largest |got - fp32| over the largest |fp32| of a score output;
+# max_abs_prob: largest change of a probability after the card's activation.
+# FP32 engines may use TF32 on Ampere/Orin, hence not 1e-6.
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_rel": 1e-2, "max_abs_prob": 5e-3, "max_flip_rate": 0.0},
+    "fp16": {"max_rel": 3e-2, "max_abs_prob": 2e-2, "max_flip_rate": 0.0},
+    "int8": {
+        "max_rel": 0.25,
+        "max_abs_prob": 0.15,
+        "max_flip_rate": None,
+    },  # None: the card's drift limit
+}
+
+
+@dataclass
+class Golden:
+    inputs: np.ndarray
+    outputs: dict[str, np.ndarray]
+    manifest: dict[str, Any]
+
+    @property
+    def names(self) -> list[str]:
+        return [img["name"] for img in self.manifest.get("images", [])]
+
+
+def golden_dir(bundle: str | Path) -> Path:
+    return Path(bundle) / GOLDEN_DIR
+
+
+def _fp32_onnx_sha(card: ModelCard) -> str | None:
+    return next(
+        (a.sha256 for a in card.artifacts.values() if a.format == "onnx" and a.precision == "fp32"),
+        None,
+    )
+
+
+def write_golden(
+    bundle: str | Path,
+    inputs: np.ndarray,
+    outputs: dict[str, np.ndarray],
+    names: list[str | Path],
+    *,
+    sha256s: list[str] | None = None,
+    created_by: str | None = None,
+    tolerances: dict[str, dict[str, float | None]] | None = None,
+) -> Path:
+    """Store a golden set. `names` are the source images (a path that exists is hashed)."""
+    bundle = Path(bundle)
+    card = load_card(bundle)
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if inputs.ndim != 4 or tuple(inputs.shape[1:]) != tuple(card.input.shape):
+        raise CardError(
+            f"golden inputs must be (N, {', '.join(map(str, card.input.shape))}), got {inputs.shape}"
+        )
+    n = len(inputs)
+    if len(names) != n:
+        raise CardError(f"{len(names)} names for {n} golden inputs")
+    for name, array in outputs.items():
+        if len(array) != n:
+            raise CardError(f"output {name!r} has {len(array)} rows for {n} inputs")
+    missing = [o.name for o in card.outputs if o.name not in outputs]
+    if missing:
+        raise CardError(f"golden outputs lack {missing}")
+    images = []
+    for i, name in enumerate(names):
+        path = Path(name)
+        sha = sha256s[i] if sha256s else (sha256_file(path) if path.is_file() else None)
+        images.append({"name": path.name if path.is_file() else str(name), "sha256": sha})
+    merged = {k: dict(v) for k, v in DEFAULT_TOLERANCES.items()}
+    for precision, values in (tolerances or {}).items():
+        merged.setdefault(precision, {}).update(values)
+    manifest = {
+        "schema": GOLDEN_SCHEMA,
+        "model": card.name,
+        "source_model_sha256": _fp32_onnx_sha(card),
+        "created_by": created_by or f"edgescreen {__version__}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "count": n,
+        "input_shape": list(inputs.shape[1:]),
+        "outputs": {k: list(np.shape(v)[1:]) for k, v in outputs.items()},
+        "images": images,
+        "tolerances": merged,
+    }
+    folder = golden_dir(bundle)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / INPUTS, _npy_bytes(inputs))
+    atomic_write(
+        folder / OUTPUTS,
+        _npz_bytes({k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}),
+    )
+    atomic_write(
+        folder / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    )
+    return folder
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def load_golden(bundle: str | Path) -> Golden:
+    folder = golden_dir(bundle)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        inputs = np.load(folder / INPUTS, allow_pickle=False)
+        with np.load(folder / OUTPUTS, allow_pickle=False) as npz:
+            outputs = {k: npz[k] for k in npz.files}
+    except FileNotFoundError as exc:
+        raise CardError(
+            "golden set is missing or incomplete (re-export the bundle)", path=exc.filename
+        ) from None
+    except (json.JSONDecodeError, ValueError, OSError) as exc:
+        raise CardError(f"golden set is unreadable ({exc})", path=folder) from None
+    if manifest.get("schema") != GOLDEN_SCHEMA:
+        raise CardError(
+            f"golden schema {manifest.get('schema')!r} is not supported", path=folder / MANIFEST
+        )
+    if any(len(v) != len(inputs) for v in outputs.values()) or manifest.get("count") != len(inputs):
+        raise CardError(
+            "golden inputs, outputs and manifest disagree on the number of images", path=folder
+        )
+    return Golden(inputs=inputs.astype(np.float32, copy=False), outputs=outputs, manifest=manifest)
+
+
+# -- comparison ------------------------------------------------------------------------------
+@dataclass
+class SelfTestReport:
+    bundle: str
+    precision: str
+    backend: str
+    device: str
+    ready: bool
+    reasons: list[str]
+    count: int = 0
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    decision_agreement: float | None = None
+    flips: list[dict[str, Any]] = field(default_factory=list)
+    tolerances: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        head = "READY" if self.ready else "NOT READY"
+        lines = [
+            f"{head}: {self.precision} on {self.backend} ({self.device}), {self.count} golden images"
+        ]
+        for name, e in self.errors.items():
+            prob = f", max prob change {e['max_abs_prob']:.2e}" if "max_abs_prob" in e else ""
+            lines.append(f"  {name}: max abs {e['max_abs']:.3e}, max rel {e['max_rel']:.3e}{prob}")
+        if self.decision_agreement is not None:
+            lines.append(f"  decisions agree on {self.decision_agreement:.1%}")
+        lines += [f"  - {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+
+def tolerances_for(golden: Golden, card: ModelCard, precision: str) -> dict[str, float]:
+    tol = dict(DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"]))
+    tol.update({k: v for k, v in golden.manifest.get("tolerances", {}).get(precision, {}).items()})
+    if tol.get("max_flip_rate") is None:
+        tol["max_flip_rate"] = card.drift_limits.max_flip_rate
+    return tol
+
+
+def compare(
+    card: ModelCard, golden: Golden, got: dict[str, np.ndarray], precision: str
+) -> tuple[
+    list[str], dict[str, dict[str, float]], float | None, list[dict[str, Any]], dict[str, float]
+]:
+    """(reasons, errors per output, decision agreement, flips, tolerances)."""
+    tol = tolerances_for(golden, card, precision)
+    reasons: list[str] = []
+    errors: dict[str, dict[str, float]] = {}
+    for spec in card.outputs:
+        if spec.role == "heatmap":
+            continue  # shown to people, not decided on: not gated
+        if spec.name not in got:
+            reasons.append(f"the backend returned no output {spec.name!r}")
+            continue
+        ref = np.asarray(golden.outputs[spec.name], dtype=np.float64)
+        out = (
+            np.asarray(got[spec.name], dtype=np.float64).reshape(ref.shape)
+            if np.size(got[spec.name]) == ref.size
+            else None
+        )
+        if out is None:
+            reasons.append(
+                f"output {spec.name!r} has shape {np.shape(got[spec.name])}, golden has {ref.shape}"
+            )
+            continue
+        if not np.all(np.isfinite(out)):
+            reasons.append(f"output {spec.name!r} has NaN or infinite values")
+            continue
+        diff = np.abs(out - ref)
+        e = {
+            "max_abs": float(diff.max()),
+            "max_rel": float(diff.max() / (np.abs(ref).max() + 1e-6)),
+        }
+        if spec.role == "scores":
+            e["max_abs_prob"] = float(
+                np.abs(activate(out, spec.activation) - activate(ref, spec.activation)).max()
+            )
+        errors[spec.name] = e
+        if e["max_rel"] > tol["max_rel"]:
+            reasons.append(
+                f"{spec.name}: max relative error {e['max_rel']:.3g} exceeds the {precision} "
+                f"tolerance {tol['max_rel']:.3g}"
+            )
+        if e.get("max_abs_prob", 0.0) > tol["max_abs_prob"]:
+            reasons.append(
+                f"{spec.name}: a probability moved by {e['max_abs_prob']:.3g}, over the {precision} "
+                f"tolerance {tol['max_abs_prob']:.3g}"
+            )
+    agreement, flips = None, []
+    try:
+        want = interpret_batch(card, {k: np.asarray(v) for k, v in golden.outputs.items()})
+        have = interpret_batch(card, {k: np.asarray(v) for k, v in got.items()})
+    except (KeyError, ValueError, IndexError) as exc:
+        reasons.append(f"outputs could not be interpreted ({type(exc).__name__}: {exc})")
+    else:
+        names = golden.names or [str(i) for i in range(len(want))]
+        for i, (w, h) in enumerate(zip(want, have, strict=True)):
+            if (w.decision, w.label, w.positive_findings) != (
+                h.decision,
+                h.label,
+                h.positive_findings,
+            ):
+                flips.append(
+                    {
+                        "index": i,
+                        "image": names[i] if i < len(names) else str(i),
+                        "golden": {"decision": w.decision, "label": w.label},
+                        "got": {"decision": h.decision, "label": h.label},
+                    }
+                )
+        n = len(want)
+        agreement = 1.0 - len(flips) / n if n else None
+        allowed = math.floor(float(tol["max_flip_rate"]) * n + 1e-9)
+        if len(flips) > allowed:
+            reasons.append(
+                f"{len(flips)} of {n} golden images get another decision or label than FP32 "
+                f"(allowed {allowed} at a flip rate of {tol['max_flip_rate']:.3g}): "
+                + ", ".join(
+                    f"{f['image']}: {f['golden']['decision']}->{f['got']['decision']}"
+                    for f in flips[:5]
+                )
+            )
+    return reasons, errors, agreement, flips, tol
+
+
+def _model_for(bundle: Path, card: ModelCard, precision: str, backend: str, verify: bool) -> Path:
+    if backend == "tensorrt":
+        return bundle  # the backend finds (or builds) this device's engine
+    from .screen import select_artifact
+
+    key, artifact = select_artifact(card, precision, backend)
+    if verify:
+        verify_artifacts(bundle, card, only=[key])
+    return bundle / artifact.file
+
+
+def pick_backend(bundle: str | Path, precision: str, name: str = "auto") -> str:
+    """'auto': a TensorRT engine for this device if there is one, else ONNX Runtime."""
+    if name != "auto":
+        return name
+    from .backends import is_available
+    from .backends.trt import engine_available
+
+    if is_available("tensorrt") and engine_available(bundle, precision):
+        return "tensorrt"
+    return "onnxruntime"
+
+
+def selftest(
+    bundle: str | Path,
+    precision: str = "fp32",
+    backend: str = "auto",
+    *,
+    verify: bool = True,
+    **backend_options: Any,
+) -> SelfTestReport:
+    """Run the golden inputs through `backend` and judge them against the stored FP32 outputs."""
+    from .backends import load_backend
+
+    bundle = Path(bundle)
+    start = time.perf_counter()
+    card = load_card(bundle)
+    backend = pick_backend(bundle, precision, backend)
+    report = SelfTestReport(
+        bundle=str(bundle),
+        precision=precision,
+        backend=backend,
+        device="?",
+        ready=False,
+        reasons=[],
+    )
+    try:
+        golden = load_golden(bundle)
+    except CardError as exc:
+        report.reasons.append(str(exc))
+        return report
+    report.count = len(golden.inputs)
+    source = golden.manifest.get("source_model_sha256")
+    if source and source != _fp32_onnx_sha(card):
+        report.reasons.append(
+            f"the golden set was made from model {source[:12]}…, but this bundle's FP32 model "
+            f"is {(_fp32_onnx_sha(card) or 'missing')[:12]}… (golden set and model disagree)"
+        )
+    try:
+        model = _model_for(bundle, card, precision, backend, verify)
+        if backend == "tensorrt":
+            backend_options.setdefault("precision", precision)  # the engine is picked by precision
+        runner = load_backend(backend, model, **backend_options)
+    except EdgescreenError as exc:
+        report.reasons.append(f"{backend} could not load the {precision} model: {exc}")
+        report.seconds = round(time.perf_counter() - start, 3)
+        return report
+    try:
+        report.device = getattr(runner, "device", "?")
+        max_batch = card.input.batch[2]
+        parts = [
+            runner.infer(golden.inputs[i : i + max_batch])
+            for i in range(0, len(golden.inputs), max_batch)
+        ]
+    finally:
+        runner.close()
+    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    reasons, errors, agreement, flips, tol = compare(card, golden, got, precision)
+    report.reasons += reasons
+    report.errors, report.decision_agreement, report.flips, report.tolerances = (
+        errors,
+        agreement,
+        flips,
+        tol,
+    )
+    report.ready = not report.reasons
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def cmd_selftest(args: argparse.Namespace) -> int:
+    report = selftest(args.bundle, args.precision, args.backend)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0 if report.ready else 1
+
+
+def add_selftest_command(sub: Any) -> argparse.ArgumentParser:
+    """`edgescreen selftest BUNDLE [--precision] [--backend] [--json]`; exit 1 when not ready."""
+    p = sub.add_parser(
+        "selftest",
+        help="check this device against the bundle's golden outputs",
+        description="check this device against the bundle's golden outputs; "
+        "exits 1 when it is not ready to screen",
+    )
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_selftest)
+    return p
