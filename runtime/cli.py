@@ -25,7 +25,13 @@ def _console():
 
 
 def _progress(total: int, label: str, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     disable=not enabled or total < 2, transient=True, console=_console())
@@ -172,7 +178,9 @@ def _add_stage_commands(sub) -> None:
     """Commands of the other stages, when their packages are installed; each module is import-light."""
     import importlib
 
-    for module, fn in (("edgescreen.train.cli", "add_train_command"),):
+    for module, fn in (("edgescreen.train.cli", "add_train_command"),
+                       ("edgescreen.export.trt", "add_engine_command"),
+                       ("edgescreen.runtime.golden", "add_selftest_command")):
         try:
             getattr(importlib.import_module(module), fn)(sub)
         except ModuleNotFoundError:

@@ -13,6 +13,7 @@ class CardError(EdgescreenError):
     """model.json is missing, malformed, of an unknown schema version, or fails a hash check."""
 
     def __init__(self, problem: str, *, field: str | None = None, path: str | Path | None = None):
+        self.problem = problem
         self.field = field
         self.path = str(path) if path is not None else None
         where = " ".join(p for p in (f"{self.path}:" if self.path else "", field or "") if p)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -38,6 +37,7 @@ import numpy as np
 
 from .errors import CardError, ImageError
 from .labels import MODALITIES
+from .schema import from_data
 
 __all__ = [
     "Disc",
@@ -127,77 +127,18 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "preprocessing") -> PreprocessConfig:
-        if not isinstance(d, Mapping):
-            raise CardError(f"expected an object, got {type(d).__name__}", field=where)
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise CardError(
-                f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}",
-                field=f"{where}.{unknown[0]}",
-            )
-        for name in _REQUIRED:
-            if name not in d:
-                raise CardError("required field is missing", field=f"{where}.{name}")
-        values = {}
-        for name, value in d.items():
-            values[name] = _check_type(name, value, _FIELD_TYPES[name], f"{where}.{name}")
-        merged = {name: values.get(name, f.default) for name, f in known.items()}
-        _check_values(SimpleNamespace(**merged), where)
-        return cls(**values)
+        """Read a card section: types by the shared schema reader, values by ``_check_values``."""
+        return from_data(cls, d, where)
 
-
-# Field -> expected JSON type: "int", "float", "bool", "str", "floats" (list), "pair".
-_FIELD_TYPES = {
-    "modality": "str",
-    "size": "int",
-    "channels": "int",
-    "mean": "floats",
-    "std": "floats",
-    "crop_to_disc": "bool",
-    "ben_graham": "bool",
-    "ben_graham_sigma_frac": "float",
-    "circle_mask": "bool",
-    "mask_radius_frac": "float",
-    "denoise": "bool",
-    "window_percentiles": "pair",
-    "clahe": "bool",
-    "clahe_clip": "float",
-}
+    def validate(self, where: str) -> None:
+        _check_values(self, where)
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _check_type(name: str, value: Any, kind: str, field: str) -> Any:
-    """Return ``value`` normalised to its Python type, or raise CardError naming ``field``."""
-    if kind == "str":
-        if not isinstance(value, str):
-            raise CardError(f"expected a string, got {value!r}", field=field)
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CardError(f"expected an integer, got {value!r}", field=field)
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise CardError(f"expected true or false, got {value!r}", field=field)
-        return value
-    if kind == "float":
-        if not _is_number(value):
-            raise CardError(f"expected a number, got {value!r}", field=field)
-        return float(value)
-    if kind in ("floats", "pair"):
-        if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
-            raise CardError(f"expected a list of numbers, got {value!r}", field=field)
-        if kind == "pair" and len(value) != 2:
-            raise CardError(f"expected two numbers [low, high], got {value!r}", field=field)
-        return tuple(float(v) for v in value)
-    raise AssertionError(kind)
-
-
-def _check_values(cfg: PreprocessConfig | SimpleNamespace, where: str) -> None:
+def _check_values(cfg: PreprocessConfig, where: str) -> None:
     def bad(name: str, problem: str) -> CardError:
         return CardError(problem, field=f"{where}.{name}")
 

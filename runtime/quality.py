@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import cv2
@@ -42,6 +42,7 @@ import numpy as np
 from .errors import CardError
 from .labels import MODALITIES
 from .preprocess import Disc, _crop_square, _to_uint8, find_fundus_disc, to_grey, to_rgb
+from .schema import from_data
 
 __all__ = [
     "MESSAGES",
@@ -91,37 +92,10 @@ class QualityLimits:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "quality") -> QualityLimits:
-        if not isinstance(d, Mapping):
-            raise CardError(f"expected an object, got {type(d).__name__}", field=where)
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise CardError(
-                f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}",
-                field=f"{where}.{unknown[0]}",
-            )
-        values: dict[str, Any] = {}
-        for name, f in known.items():
-            if name not in d:
-                if f.default is MISSING:
-                    raise CardError("required field is missing", field=f"{where}.{name}")
-                values[name] = f.default
-                continue
-            v = d[name]
-            is_num = isinstance(v, int | float) and not isinstance(v, bool)
-            if f.type == "int":
-                if not (is_num and isinstance(v, int)):
-                    raise CardError(f"expected an integer, got {v!r}", field=f"{where}.{name}")
-            elif not (is_num and math.isfinite(v)):
-                raise CardError(f"expected a number, got {v!r}", field=f"{where}.{name}")
-            values[name] = float(v) if f.type == "float" else v
-        _check_limits(_Values(values), where)
-        return cls(**values)
+        return from_data(cls, d, where)
 
-
-class _Values:
-    def __init__(self, d: dict[str, Any]):
-        self.__dict__.update(d)
+    def validate(self, where: str) -> None:
+        _check_limits(self, where)
 
 
 def _check_limits(lim: Any, where: str) -> None:

@@ -28,7 +28,8 @@ def from_data(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise CardError(f"unknown field(s) {', '.join(unknown)}", field=where)
+        raise CardError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}",
+                        field=f"{where}.{unknown[0]}" if where else unknown[0])
     kwargs = {}
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
@@ -39,7 +40,11 @@ def from_data(cls: type[T], data: Any, where: str) -> T:
         kwargs[name] = _convert(data[name], hints[name], path)
     try:
         obj = cls(**kwargs)
-    except CardError:
+    except CardError as exc:
+        # A section's own __post_init__ check knows its field, not where the section sits.
+        if where and exc.field and not exc.field.startswith(where):
+            _, dot, rest = exc.field.partition(".")
+            raise CardError(exc.problem, field=f"{where}.{rest}" if dot else where) from None
         raise
     except (TypeError, ValueError) as exc:
         raise CardError(str(exc), field=where) from exc

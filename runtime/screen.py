@@ -61,17 +61,23 @@ class Screener:
         self.bundle = Path(bundle)
         self.card = load_card(self.bundle)
         self.precision = precision
-        backend = resolve_backend(backend)
-        key, self.artifact = select_artifact(self.card, precision, backend)
-        if verify:  # only the file about to run: hashing every artifact costs seconds on a Jetson
-            verify_artifacts(self.bundle, self.card, only=[key])
-        options = {"threads": threads} if backend == "onnxruntime" else {}
-        self.backend: Backend = load_backend(backend, self.bundle / self.artifact.file, **options)
+        backend = resolve_backend(backend, self.bundle, precision)
+        if backend == "tensorrt":
+            # Engines are built per device and keyed by the model's sha256 (engine_cache), not
+            # listed in the card; the backend refuses a stale or foreign one.
+            self.backend: Backend = load_backend("tensorrt", self.bundle, precision=precision)
+            artifact_file = str(Path(self.backend.engine_path).relative_to(self.bundle))
+        else:
+            key, artifact = select_artifact(self.card, precision, backend)
+            if verify:  # only the file about to run: hashing every artifact costs seconds on a Jetson
+                verify_artifacts(self.bundle, self.card, only=[key])
+            self.backend = load_backend(backend, self.bundle / artifact.file, threads=threads)
+            artifact_file = artifact.file
         self.workers = max(1, workers)
         self.audit = {
             "bundle_sha256": bundle_sha256(self.card),
             "model": self.card.name,
-            "artifact": self.artifact.file,
+            "artifact": artifact_file,
             "backend": self.backend.name,
             "device": self.backend.device,
             "precision": precision,

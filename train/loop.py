@@ -64,7 +64,7 @@ def split_samples(data: LabelledSet | Sequence[LabelledSet], cfg: TrainConfig) -
     official: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     rest: list[Sample] = []
     for s in (s for ls in sets for s in ls.samples):
-        (official[s.split] if s.split in official else rest).append(s)
+        official.get(s.split, rest).append(s)
     if rest:
         for name, part in patient_split(rest, cfg.split, seed=cfg.seed).items():
             official[name].extend(part)

@@ -64,7 +64,9 @@ def binary_focal_loss(
     ``F.binary_cross_entropy_with_logits``.
     """
     target = target.to(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=pos_weight, reduction="none"
+    )
     if gamma:
         p = torch.sigmoid(logits)
         p_t = p * target + (1 - p) * (1 - target)
@@ -74,7 +76,9 @@ def binary_focal_loss(
     return _reduce(bce, reduction)
 
 
-def pos_weight_from_labels(labels: np.ndarray | torch.Tensor, *, max_weight: float = 100.0) -> torch.Tensor:
+def pos_weight_from_labels(
+    labels: np.ndarray | torch.Tensor, *, max_weight: float = 100.0
+) -> torch.Tensor:
     """Per-label BCE ``pos_weight`` = #negatives / #positives from an (N, L) 0/1 label matrix.
 
     Balances each finding's positives against its negatives (NIH CXR findings run from
@@ -102,7 +106,9 @@ def ordinal_targets(grade: torch.Tensor, num_classes: int = 5) -> torch.Tensor:
     return (grade.long()[:, None] > thresholds[None]).float()
 
 
-def ordinal_loss(ord_logits: torch.Tensor, grade: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+def ordinal_loss(
+    ord_logits: torch.Tensor, grade: torch.Tensor, *, reduction: str = "mean"
+) -> torch.Tensor:
     """BCE of the K-1 cumulative logits P(grade > k) against ``ordinal_targets``."""
     target = ordinal_targets(grade, ord_logits.shape[1] + 1).to(ord_logits)
     return F.binary_cross_entropy_with_logits(ord_logits, target, reduction=reduction)
@@ -123,7 +129,11 @@ def multitask_loss(
     ``weights`` is (reg, cls, ord) or a mapping with those keys.  ``gamma`` > 0 turns the
     classification term into focal loss (stage 2).
     """
-    w = dict(weights) if isinstance(weights, Mapping) else dict(zip(("reg", "cls", "ord"), weights, strict=True))
+    w = (
+        dict(weights)
+        if isinstance(weights, Mapping)
+        else dict(zip(("reg", "cls", "ord"), weights, strict=True))
+    )
     grade = target.to(outputs["reg"])
     if regression == "smooth_l1":
         reg = F.smooth_l1_loss(outputs["reg"], grade)
@@ -138,7 +148,10 @@ def multitask_loss(
 
 
 def m2cnn_loss(
-    outputs: Mapping[str, torch.Tensor], target: torch.Tensor, *, lam: float = 1.0,
+    outputs: Mapping[str, torch.Tensor],
+    target: torch.Tensor,
+    *,
+    lam: float = 1.0,
     class_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """M²CNN's multi-task loss: softmax cross-entropy + lam * MSE of "grade_value" to the grade."""

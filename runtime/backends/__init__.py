@@ -62,16 +62,20 @@ def is_available(name: str) -> bool:
     return importlib.util.find_spec(lib) is not None
 
 
-# Fastest first: a TensorRT engine for this device, else ONNX Runtime (CUDA, then CPU).
-_AUTO_ORDER = ("tensorrt", "onnxruntime")
 
+def resolve_backend(name: str, bundle: str | Path | None = None, precision: str = "fp32") -> str:
+    """'auto' -> a TensorRT engine already built for this device, else ONNX Runtime.
 
-def resolve_backend(name: str) -> str:
-    """'auto' -> the first backend whose library and module are both installed."""
+    ONNX Runtime itself prefers its CUDA provider when present. TensorRT is chosen only
+    when an engine exists: building one takes minutes and is never started by a screen.
+    """
     if name != "auto":
         return name
-    for candidate in _AUTO_ORDER:
-        module_name = _REGISTRY[candidate].split(":")[0]
-        if is_available(candidate) and importlib.util.find_spec(module_name) is not None:
-            return candidate
+    if bundle is not None and is_available("tensorrt"):
+        from .trt import engine_available
+
+        if engine_available(bundle, precision):
+            return "tensorrt"
+    if is_available("onnxruntime"):
+        return "onnxruntime"
     raise BackendUnavailable(f"no inference backend is installed: {INSTALL_HINTS['onnxruntime']}")

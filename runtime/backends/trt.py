@@ -7,7 +7,7 @@ and per call set the input shape, copy in, execute_async_v3, copy out, synchroni
 
 `model_path` may be
 - a bundle directory: the engine for `precision` on this device is looked up in
-  bundle/engines/ (and built there when missing and `build=True`);
+  bundle/engines/ (built there by `edgescreen engine build`, never by the runtime);
 - an ONNX file of a bundle (what the Screener passes): same, with the precision read
   from the card's entry for that file;
 - an engine file: loaded only if its sidecar key matches this device and bundle.
@@ -121,12 +121,10 @@ def locate_engine(
     bundle: Path,
     precision: str,
     *,
-    build: bool,
     dla_core: int | None = None,
     device: DeviceInfo | None = None,
-    workspace_mb: int | None = None,
 ) -> Path:
-    """The engine to load: the cached one for this device, else a fresh build, else refuse."""
+    """The engine to load: the cached one for this device, else refuse naming the build command."""
     device = device or current_device()
     card = load_card(bundle)
     key = make_key(
@@ -139,28 +137,12 @@ def locate_engine(
     found: Lookup = find_engine(bundle, key)
     if found.path is not None:
         return found.path
-    if not build:
-        raise StaleEngine(
-            f"{found.explain()}; build one with `edgescreen engine build {bundle} "
-            f"--precision {precision}`"
-        )
-    for reason in found.refused:
-        log.warning("not loading engine: %s", reason)
-    log.warning(
-        "building a %s TensorRT engine for %s on %s (first run on this device; this takes minutes)",
-        precision,
-        card.name,
-        device.gpu_name,
+    # The runtime never builds: a build takes minutes on a Jetson and lives in edgescreen.export
+    # (DESIGN.md: the runtime imports nothing of ours). jetson/build-and-selftest.sh builds them.
+    raise StaleEngine(
+        f"{found.explain()}; build one on this device with `edgescreen engine build {bundle} "
+        f"--precision {precision}`"
     )
-    try:
-        from edgescreen.export.trt import build_engine  # noqa: PLC0415 - the builder lives in export
-    except ImportError:
-        raise StaleEngine(
-            f"{found.explain()}, and the engine builder (edgescreen.export) is not installed "
-            "here; build the engine with jetson/build-and-selftest.sh"
-        ) from None
-    options = {"workspace_mb": workspace_mb} if workspace_mb else {}
-    return build_engine(bundle, precision, dla_core=dla_core, device=device, **options)
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -172,10 +154,8 @@ class TrtBackend:
         model_path: str | Path,
         *,
         precision: str | None = None,
-        build: bool = True,
         dla_core: int | None = None,
         device_ordinal: int = 0,
-        workspace_mb: int | None = None,
         **_ignored: Any,
     ) -> None:
         trt = import_tensorrt()
@@ -204,10 +184,8 @@ class TrtBackend:
                 plan = locate_engine(
                     bundle,
                     precision,
-                    build=build,
                     dla_core=dla_core,
                     device=info,
-                    workspace_mb=workspace_mb,
                 )
             self.engine_path = plan
             self.precision = precision

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,13 +101,18 @@ def _rel(full: Path, root: Path) -> str:
 
 
 class Stability:
-    """Watch mode: a file is ready once two polls in a row see the same size and mtime."""
+    """Watch mode: a file is ready once two polls in a row see the same size and mtime and
+    it has not been written to for `quiet_s` (a copy paused longer than that still gets
+    caught by the content hash: a later, complete version is a changed file, screened again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet_s: float = 1.0) -> None:
+        self.quiet_ns = int(quiet_s * 1e9)
         self._last: dict[str, tuple[int, int, int]] = {}
 
     def ready(self, found: list[Found]) -> list[Found]:
-        now = {f.rel: f.signature for f in found if f.problem is None}
-        ready = [f for f in found if f.problem is not None or self._last.get(f.rel) == f.signature]
-        self._last = now
+        now = time.time_ns()
+        seen = {f.rel: f.signature for f in found if f.problem is None}
+        ready = [f for f in found if f.problem is not None
+                 or (self._last.get(f.rel) == f.signature and now - f.mtime_ns >= self.quiet_ns)]
+        self._last = seen
         return ready

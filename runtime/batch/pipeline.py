@@ -104,7 +104,7 @@ def run_batch(opts: BatchOptions, *, progress: Progress | None = None,
         with Screener(opts.bundle, precision=opts.precision, backend=opts.backend, threads=opts.threads,
                       workers=opts.workers, verify=opts.verify) as screener:
             ledger.bind(screener.audit["bundle_sha256"], opts.precision, screener.card.name)
-            stability = Stability() if opts.watch else None
+            stability = Stability(quiet_s=opts.poll_s) if opts.watch else None
             passes = 0
             while not stop.is_set():
                 found = discover(in_dir, on_file=lambda _: crash("discover"))

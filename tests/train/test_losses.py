@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
+
 from edgescreen.train.losses import (  # noqa: E402
     binary_focal_loss,
     focal_loss,
@@ -31,9 +32,12 @@ def test_focal_gamma0_is_cross_entropy(batch):
     logits, y = batch
     torch.testing.assert_close(focal_loss(logits, y, gamma=0), F.cross_entropy(logits, y))
     w = torch.tensor([0.2, 1.0, 2.0, 3.0, 5.0])
-    torch.testing.assert_close(focal_loss(logits, y, gamma=0, weight=w), F.cross_entropy(logits, y, weight=w))
     torch.testing.assert_close(
-        focal_loss(logits, y, gamma=0, reduction="none"), F.cross_entropy(logits, y, reduction="none")
+        focal_loss(logits, y, gamma=0, weight=w), F.cross_entropy(logits, y, weight=w)
+    )
+    torch.testing.assert_close(
+        focal_loss(logits, y, gamma=0, reduction="none"),
+        F.cross_entropy(logits, y, reduction="none"),
     )
 
 
@@ -52,7 +56,9 @@ def test_binary_focal_gamma0_is_bce():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(8, 14, generator=g)
     y = (torch.rand(8, 14, generator=g) > 0.7).float()
-    torch.testing.assert_close(binary_focal_loss(logits, y, gamma=0), F.binary_cross_entropy_with_logits(logits, y))
+    torch.testing.assert_close(
+        binary_focal_loss(logits, y, gamma=0), F.binary_cross_entropy_with_logits(logits, y)
+    )
     pw = torch.linspace(1, 10, 14)
     torch.testing.assert_close(
         binary_focal_loss(logits, y, gamma=0, pos_weight=pw),
@@ -84,7 +90,8 @@ def test_pos_weight_from_labels_and_weighted_bce():
     logits = torch.zeros(4, 3)
     loss = weighted_bce(logits, torch.as_tensor(labels), w)
     torch.testing.assert_close(
-        loss, F.binary_cross_entropy_with_logits(logits, torch.as_tensor(labels).float(), pos_weight=w)
+        loss,
+        F.binary_cross_entropy_with_logits(logits, torch.as_tensor(labels).float(), pos_weight=w),
     )
 
 
@@ -110,7 +117,9 @@ def test_m2cnn_loss(batch):
     logits, y = batch
     value = torch.randn(16)
     parts = m2cnn_loss({"scores": logits, "grade_value": value}, y, lam=0.3)
-    torch.testing.assert_close(parts["loss"], F.cross_entropy(logits, y) + 0.3 * F.mse_loss(value, y.float()))
+    torch.testing.assert_close(
+        parts["loss"], F.cross_entropy(logits, y) + 0.3 * F.mse_loss(value, y.float())
+    )
 
 
 def test_bad_reduction_is_an_error(batch):

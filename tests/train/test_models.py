@@ -11,7 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from edgescreen.train.models import ExportView, build_model, list_models  # noqa: E402
-from edgescreen.train.models.agcnn import attention_box, attention_boxes, largest_component  # noqa: E402
+from edgescreen.train.models.agcnn import (  # noqa: E402
+    attention_box,
+    attention_boxes,
+    crop_boxes,
+    largest_component,
+)
 from edgescreen.train.models.backbones import (  # noqa: E402
     create_backbone,
     lite_weights_path,
@@ -24,7 +29,13 @@ pytestmark = pytest.mark.torch
 
 FAMILIES = ("agcnn", "m2cnn", "multitask", "ran", "zoomin")
 # Tiny input per family: (channels, size).  Zoom-in needs room for its high-res patches.
-INPUTS = {"agcnn": (3, 96), "m2cnn": (3, 64), "multitask": (3, 64), "ran": (1, 64), "zoomin": (3, 128)}
+INPUTS = {
+    "agcnn": (3, 96),
+    "m2cnn": (3, 64),
+    "multitask": (3, 64),
+    "ran": (1, 64),
+    "zoomin": (3, 128),
+}
 NUM_SCORES = {"agcnn": 14, "m2cnn": 5, "multitask": 5, "ran": 4, "zoomin": 5}
 TASKS = {"agcnn": "cxr_findings", "ran": "oct_classification"}
 ROLES = {"scores", "grade_value", "heatmap"}
@@ -59,8 +70,9 @@ def test_forward_backward_contract(models, name):
     assert model.task == TASKS.get(name, "dr_grading")
     for key, (role, activation) in model.export_outputs.items():
         assert key in out and role in ROLES
-        assert activation == ("sigmoid" if name == "agcnn" and role == "scores" else
-                              "softmax" if role == "scores" else "none")
+        multilabel = name == "agcnn"
+        expected = {"scores": "sigmoid" if multilabel else "softmax"}.get(role, "none")
+        assert activation == expected
     assert out["scores"].shape == (2, NUM_SCORES[name])
     assert torch.isfinite(out["scores"]).all()
     if "grade_value" in model.export_outputs:
@@ -72,10 +84,13 @@ def test_forward_backward_contract(models, name):
 
     loss = sum(v.float().mean() for k, v in out.items() if v.requires_grad)
     loss.backward()
-    # The very first convolution of every feature extractor receives gradient.
-    first_convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.grad is not None]
-    assert first_convs
-    stems = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == INPUTS[name][0]]
+    # The stem convolution of every feature extractor (two in the crop families) gets gradient.
+    stems = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels == INPUTS[name][0]
+    ]
+    assert len(stems) == (2 if name in ("agcnn", "zoomin") else 1)
     for conv in stems:
         assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
 
@@ -108,7 +123,9 @@ def test_agcnn_stages_freeze(models):
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"local_backbone", "local_head"}
     model.set_stage(3)
-    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fusion_head"}
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {
+        "fusion_head"
+    }
     model.set_stage(1)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -117,8 +134,15 @@ def test_agcnn_stages_freeze(models):
 @pytest.mark.parametrize("seed", range(40))
 def test_attention_box_inside_image_for_random_maps(seed):
     g = torch.Generator().manual_seed(seed)
-    c, h, w = 8, int(torch.randint(2, 12, (1,), generator=g)), int(torch.randint(2, 12, (1,), generator=g))
-    H, W = int(torch.randint(16, 120, (1,), generator=g)), int(torch.randint(16, 120, (1,), generator=g))
+    c, h, w = (
+        8,
+        int(torch.randint(2, 12, (1,), generator=g)),
+        int(torch.randint(2, 12, (1,), generator=g)),
+    )
+    H, W = (
+        int(torch.randint(16, 120, (1,), generator=g)),
+        int(torch.randint(16, 120, (1,), generator=g)),
+    )
     fmap = torch.randn(c, h, w, generator=g) * float(torch.rand(1, generator=g) * 10)
     tau = float(torch.rand(1, generator=g))
     x0, y0, x1, y1 = attention_box(fmap, tau, image_size=(H, W))
@@ -137,6 +161,15 @@ def test_attention_box_covers_the_hot_region_and_skips_the_smaller_blob():
     assert attention_box(torch.ones(2, 5, 5), 0.7, image_size=(50, 60)) == (0, 0, 60, 50)
     batched = attention_boxes(torch.stack([fmap, fmap]), 0.7, image_size=(224, 224))
     assert batched.tolist() == [[x0, y0, x1, y1]] * 2
+
+
+def test_crop_boxes_cut_the_box_from_the_input():
+    img = torch.arange(2 * 48 * 48, dtype=torch.float32).view(2, 1, 48, 48)
+    boxes = torch.tensor([[8, 4, 24, 20], [0, 0, 48, 48]])  # x0, y0, x1, y1 (exclusive)
+    crops = crop_boxes(img, boxes, 16)
+    torch.testing.assert_close(crops[0, 0], img[0, 0, 4:20, 8:24])  # same size: an exact cut
+    # A larger box is shrunk by averaging: each output pixel is the mean of a 3x3 block.
+    torch.testing.assert_close(crops[1, 0, 0, 0], img[1, 0, :3, :3].mean(), atol=0.5, rtol=0)
 
 
 def test_largest_component_is_8_connected():
@@ -203,9 +236,14 @@ def test_multitask_combiner_by_hand(models):
     torch.testing.assert_close(out["grade_value"], hand)
     assert out["ord"].shape == (2, 4) and out["reg"].shape == (2,)
     fresh = build_model("multitask", tiny=True)
-    torch.testing.assert_close(fresh.combiner.weight, torch.full((1, 3), 1 / 3))  # starts as the average
+    torch.testing.assert_close(
+        fresh.combiner.weight, torch.full((1, 3), 1 / 3)
+    )  # starts as the average
     fresh.combiner_only()
-    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {"combiner.weight", "combiner.bias"}
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {
+        "combiner.weight",
+        "combiner.bias",
+    }
 
 
 def test_m2cnn_grow_keeps_predictions_and_adds_depth():
@@ -234,14 +272,27 @@ def test_m2cnn_grow_keeps_predictions_and_adds_depth():
         grow(cell2)
 
 
-def _export_parity(model, x: torch.Tensor, path: Path) -> None:
+class _Piece(torch.nn.Module):
+    """One of a crop family's stages (``global_forward``...) as a tuple-returning module."""
+
+    def __init__(self, model, method: str, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.method, self.names = model, method, names
+        self.train(model.training)
+
+    def forward(self, x):
+        out = getattr(self.model, self.method)(x)
+        return tuple(out[k] for k in self.names)
+
+
+def _export_parity(module, names: list[str], x: torch.Tensor, path: Path) -> None:
+    """Export with a dynamic batch, run another batch size in ONNX Runtime, compare."""
     import onnxruntime as ort
 
-    names = list(model.export_outputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            ExportView(model),
+            module,
             (x,),
             str(path),
             input_names=["input"],
@@ -251,19 +302,36 @@ def _export_parity(model, x: torch.Tensor, path: Path) -> None:
             dynamo=False,
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x3 = torch.randn(3, *x.shape[1:], generator=torch.Generator().manual_seed(5))  # another batch size
     assert [o.name for o in session.get_outputs()] == names  # training-only heads left out
-    got = dict(zip(names, session.run(None, {"input": x3.numpy()}), strict=True))
+    x3 = torch.randn(3, *x.shape[1:], generator=torch.Generator().manual_seed(5))
+    got = session.run(None, {"input": x3.numpy()})
     with torch.no_grad():
-        ref = model(x3)
-    for k in names:
-        np.testing.assert_allclose(got[k], ref[k].numpy(), atol=1e-4, rtol=1e-4)
+        ref = module(x3)
+    for name, a, b in zip(names, got, ref, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("name", ["ran", "multitask", "m2cnn"])
 def test_onnx_export_parity(models, name, tmp_path):
     pytest.importorskip("onnxruntime")
-    _export_parity(models[name].eval(), tiny_input(name), tmp_path / f"{name}.onnx")
+    model = models[name].eval()
+    _export_parity(
+        ExportView(model), list(model.export_outputs), tiny_input(name), tmp_path / "m.onnx"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "names"),
+    [
+        ("agcnn", "global_forward", ["global_scores", "global_pooled", "heatmap"]),
+        ("zoomin", "mnet_anet_forward", ["mnet_scores", "mnet_pooled", "attention", "gated"]),
+    ],
+)
+def test_crop_families_first_stage_exports(models, name, method, names, tmp_path):
+    """The graph up to the crop step exports on its own, should export split it there."""
+    pytest.importorskip("onnxruntime")
+    piece = _Piece(models[name].eval(), method, names)
+    _export_parity(piece, names, tiny_input(name), tmp_path / "m.onnx")
 
 
 # --------------------------------------------------------------------------- backbones
@@ -324,7 +392,11 @@ def test_lite0_weights_on_a_real_photo(fundus_dir):
         if bn.running_mean.std() > 0:
             corr.append(float(torch.corrcoef(torch.stack([observed, bn.running_mean]))[0, 1]))
 
-    handles = [m.register_forward_hook(hook) for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in backbone.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
     with torch.no_grad():
         fmap = backbone(x)
     for h in handles:
@@ -338,9 +410,14 @@ def test_lite0_weights_on_a_real_photo(fundus_dir):
 def test_local_weights_round_trip(tmp_path):
     torch.manual_seed(1)
     src = create_backbone("test_resnet")
-    torch.save({"state_dict": {f"module.{k}": v for k, v in src.body.state_dict().items()}}, tmp_path / "w.pth")
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in src.body.state_dict().items()}},
+        tmp_path / "w.pth",
+    )
     dst = create_backbone("test_resnet", pretrained=tmp_path / "w.pth")
-    for (k, a), b in zip(src.body.state_dict().items(), dst.body.state_dict().values(), strict=True):
+    for (k, a), b in zip(
+        src.body.state_dict().items(), dst.body.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
     torch.save({"nonsense.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(KeyError, match="does not fit"):
@@ -351,4 +428,7 @@ def test_family_builders_accept_local_weights(tmp_path):
     model = build_model("ran", tiny=True)
     torch.save(model.state_dict(), tmp_path / "ran.pth")
     again = build_model("ran", tiny=True, pretrained=str(tmp_path / "ran.pth"))
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )

@@ -158,9 +158,11 @@ def _forest(
         ok = inside(P[:, 1:, 0], P[:, 1:, 1]) & (np.arange(N)[None, :] < nst[:, None])
         stop = np.where(ok.all(1), N, ok.argmin(1))  # valid steps per segment
         PF = (P * _ONE).round().astype(np.int32)
-        for i in np.nonzero(stop)[0]:
-            e = stop[i] + 1
-            segs.append((P[i, :e], float(w[i]), int(tag[i]), PF[i, :e, None]))
+        for i, e, wi, ti in zip(
+            range(m), (stop + 1).tolist(), w.tolist(), tag.tolist(), strict=True
+        ):
+            if e > 1:
+                segs.append((P[i, :e], wi, ti, PF[i, :e, None]))
         if level == depth:
             break
         idx = np.nonzero((stop >= nst // 2) & (stop > 0) & (w * 0.62 >= min_width))[0]
@@ -170,22 +172,31 @@ def _forest(
         ex, ey, ea = P[idx, last, 0], P[idx, last, 1], angs[idx, last - 1]
         ec = cv[idx] * _DECAY[np.minimum(nst[idx], 1023)]
         sd = np.where(rng.random(g) < 0.5, 1.0, -1.0) * rng.uniform(0.35, 0.8, g)
-        x, y = np.r_[ex, ex], np.r_[ey, ey]
-        ang = np.r_[ea - 0.35 * sd, ea + sd]
-        w = np.r_[w[idx] * 0.82, w[idx] * 0.62]
-        ln = np.r_[ln[idx] * rng.uniform(0.75, 0.95, g), ln[idx] * rng.uniform(0.45, 0.75, g)]
-        cv = np.r_[ec, ec * 0.5]
-        tag = np.r_[tag[idx], tag[idx]]
+        # children: [continuations..., side branches...]; np.concatenate (np.r_ is slow)
+        lens = ln[idx, None] * rng.uniform((0.75, 0.45), (0.95, 0.75), (g, 2))
+        x, y = np.concatenate([ex, ex]), np.concatenate([ey, ey])
+        ang = np.concatenate([ea - 0.35 * sd, ea + sd])
+        w = np.concatenate([w[idx] * 0.82, w[idx] * 0.62])
+        ln = lens.T.ravel()
+        cv = np.concatenate([ec, ec * 0.5])
+        tag = np.concatenate([tag[idx], tag[idx]])
     return segs
 
 
 def _draw_segments(
     mask: np.ndarray, segments: list[Segment], val: float = 1.0, tag: int | None = None
 ) -> None:
-    """Draw tree segments; sub-pixel calibres become fainter 1-px lines, which reads as thinner."""
+    """Draw tree segments; sub-pixel calibres become fainter 1-px lines, which reads as thinner.
+
+    Segments of one stroke (thickness, shade in 1/16 steps) go to OpenCV in one call.
+    """
+    groups: dict[tuple[int, int], list[np.ndarray]] = {}
     for _, w, t, fx in segments:
         if tag is None or t == tag:
-            cv2.polylines(mask, [fx], False, val * min(1.0, w), max(1, int(round(w))), _AA, _SHIFT)
+            key = (max(1, int(round(w))), int(round(16 * min(1.0, w))))
+            groups.setdefault(key, []).append(fx)
+    for (thick, shade), lines in sorted(groups.items()):
+        cv2.polylines(mask, lines, False, val * shade / 16, thick, _AA, _SHIFT)
 
 
 # ---------------------------------------------------------------------------- fundus
@@ -212,7 +223,6 @@ def generate_fundus(
     S = int(size)
     k = S / 256.0
     anat, les, cam = _children(rng, 3)
-    u, v = _grid(S)
 
     # Camera framing: the field-of-view circle, off-centre and of varying size.
     R = S * anat.uniform(0.40, 0.53)
@@ -231,12 +241,12 @@ def generate_fundus(
     base = np.array([0.86, 0.40, 0.13], np.float32) * np.float32(anat.uniform(0.85, 1.1))
     base[1] *= anat.uniform(0.85, 1.15)
     base[2] *= anat.uniform(0.7, 1.3)
-    alb = np.empty((S, S, 3), np.float32)
-    alb[:] = base
+    alb = np.empty((S, S, 3), np.uint8)  # 8-bit: OpenCV draws, blurs and multiplies it fastest
+    cv2.rectangle(alb, (0, 0), (S, S), tuple(float(b) * 255 for b in base), -1)
 
     def col(c, t: float = 1.0) -> tuple[float, float, float]:
         # `c` relative to the background colour, faded to it by t (thin vessels, faint spots)
-        return tuple(float(b + t * (b * c[i] - b)) for i, b in enumerate(base))
+        return tuple(min(255.0, 255.0 * float(b + t * (b * c[i] - b))) for i, b in enumerate(base))
 
     def soften(x: float, y: float, r: float, sigma: float) -> None:
         x0, y0 = max(int(x - r - 3 * sigma), 0), max(int(y - r - 3 * sigma), 0)
@@ -245,14 +255,9 @@ def generate_fundus(
             alb[y0:y1, x0:x1] = cv2.GaussianBlur(alb[y0:y1, x0:x1], (0, 0), sigma)
 
     # Optic disc: yellow-pink rim, pale central cup, soft edge.
-    _circle(alb, disc, rd, (0.98, 0.70, 0.42))
-    _ellipse(
-        alb,
-        disc,
-        (rd * anat.uniform(0.3, 0.5), rd * anat.uniform(0.35, 0.55)),
-        0,
-        (1.0, 0.86, 0.66),
-    )
+    _circle(alb, disc, rd, (250, 178, 107))
+    cup = (rd * anat.uniform(0.3, 0.5), rd * anat.uniform(0.35, 0.55))
+    _ellipse(alb, disc, cup, 0, (255, 219, 168))
     soften(*disc, rd, rd * 0.18)
 
     # Vessels: superior/inferior temporal arcades arching around the macula, nasal branches,
@@ -280,28 +285,23 @@ def generate_fundus(
         roots.append((disc[0], disc[1], tmp + anat.normal(0, 0.3), wv * 0.4, R * 0.3, 0.0, tag))
     segs = _forest(anat, roots, step, inside, 4)
     vein, artery = (0.62, 0.30, 0.45), (0.80, 0.50, 0.60)
-    for _, w, tag, fx in sorted(segs, key=lambda s: s[2]):  # veins over arteries
+    strokes: dict[tuple[int, int, int], list[np.ndarray]] = {}
+    for _, w, tag, fx in segs:  # one OpenCV call per stroke style; thin vessels fade out
+        strokes.setdefault((tag, max(1, int(round(w))), int(round(8 * min(1.0, w)))), []).append(fx)
+    for (tag, thick, shade), lines in sorted(strokes.items()):  # veins over arteries
         cv2.polylines(
-            alb,
-            [fx],
-            False,
-            col(vein if tag else artery, min(1.0, w)),
-            max(1, int(round(w))),
-            _AA,
-            _SHIFT,
+            alb, lines, False, col(vein if tag else artery, shade / 8), thick, _AA, _SHIFT
         )
 
     # ------------------------------------------------ lesions: kind and number follow the grade
-    def spot(spread: float = 0.55) -> tuple[float, float]:
-        # Lesions cluster in the posterior pole around the macula, away from the disc.
-        for _ in range(20):
-            px = mac[0] + les.normal(0, spread) * R
-            py = mac[1] + les.normal(0, spread * 0.8) * R
-            if (px - cx) ** 2 + (py - cy) ** 2 < (0.9 * R) ** 2 and (px - disc[0]) ** 2 + (
-                py - disc[1]
-            ) ** 2 > (1.6 * rd) ** 2:
-                return px, py
-        return mac[0], mac[1] - 0.3 * R
+    def spots(n: int, spread: float = 0.55) -> list[tuple[float, float]]:
+        # Lesions cluster in the posterior pole around the macula, inside the field, off the disc.
+        c = les.normal(0, 1, (4 * n + 8, 2)) * (spread * R, spread * 0.8 * R) + mac
+        ok = (((c - (cx, cy)) ** 2).sum(1) < (0.9 * R) ** 2) & (
+            ((c - disc) ** 2).sum(1) > (1.6 * rd) ** 2
+        )
+        out = [tuple(q) for q in c[ok][:n].tolist()]
+        return out + [(mac[0], mac[1] - 0.3 * R)] * (n - len(out))
 
     red, blot, yellow, cotton = (
         (0.50, 0.16, 0.30),
@@ -310,38 +310,45 @@ def generate_fundus(
         (1.12, 2.1, 4.8),
     )
     n_ma, n_hem, n_ex = (int(les.integers(lo, hi + 1)) for lo, hi in _FUNDUS_LESIONS[grade])
-    for _ in range(n_ma):  # microaneurysms: tiny, crisp, dark red
-        _circle(alb, spot(), k * les.uniform(0.7, 1.2), col(red))
-    for _ in range(n_hem):
-        p = spot(0.6)
-        if les.random() < 0.7:  # dot/blot: a lumpy cluster of ellipses
-            for _ in range(les.integers(1, 4)):
-                q = (p[0] + les.normal(0, 1.2 * k), p[1] + les.normal(0, 1.2 * k))
-                ax = k * les.uniform(1.3, 3.2)
-                _ellipse(alb, q, (ax, ax * les.uniform(0.6, 1.0)), les.uniform(0, 180), col(blot))
-        else:  # flame: elongated along the nerve fibres (radial from the disc)
+    # Microaneurysms: tiny, crisp, dark red.
+    for p, r in zip(spots(n_ma), (k * les.uniform(0.7, 1.2, n_ma)).tolist(), strict=True):
+        _circle(alb, p, r, col(red))
+    # Haemorrhages: dot/blot (a lumpy cluster of ellipses) or flame-shaped (along the nerve
+    # fibres, radial from the disc). Parameters drawn as arrays: scalar draws are slow.
+    kind = (les.random(n_hem) < 0.7).tolist()
+    parts = les.integers(1, 4, n_hem).tolist()
+    off = (les.normal(0, 1.2 * k, (n_hem, 3, 2))).tolist()
+    axes = (k * les.uniform(1.3, 3.2, (n_hem, 3))).tolist()
+    ratio = les.uniform(0.6, 1.0, (n_hem, 3)).tolist()
+    rot = les.uniform(0, 180, (n_hem, 3)).tolist()
+    flame = (k * les.uniform((3.5, 1.0), (6.0, 1.8), (n_hem, 2))).tolist()
+    for i, p in enumerate(spots(n_hem, 0.6)):
+        if kind[i]:
+            for j in range(parts[i]):
+                q = (p[0] + off[i][j][0], p[1] + off[i][j][1])
+                _ellipse(alb, q, (axes[i][j], axes[i][j] * ratio[i][j]), rot[i][j], col(blot))
+        else:
             ang = math.degrees(math.atan2(p[1] - disc[1], p[0] - disc[0]))
-            _ellipse(
-                alb, p, (k * les.uniform(3.5, 6), k * les.uniform(1.0, 1.8)), ang, col(red, 0.9)
-            )
-    for _ in range(n_ex):  # hard exudates: clusters or circinate rings of small yellow dots
-        c = spot(0.4)
-        ring = les.random() < 0.35
-        rr = k * les.uniform(5, 12)
-        for _ in range(les.integers(3, 10)):
-            if ring:
-                t = les.uniform(0, 2 * math.pi)
-                q = (c[0] + rr * math.cos(t), c[1] + rr * math.sin(t))
-            else:
-                q = (c[0] + les.normal(0, 3.5 * k), c[1] + les.normal(0, 3.5 * k))
-            _circle(alb, q, k * les.uniform(0.7, 1.9), col(yellow))
+            _ellipse(alb, p, tuple(flame[i]), ang, col(red, 0.9))
+    # Hard exudates: clusters or circinate rings of small yellow dots.
+    for c in spots(n_ex, 0.4):
+        m = int(les.integers(3, 10))
+        if les.random() < 0.35:
+            t = les.uniform(0, 2 * math.pi, m)
+            d = k * les.uniform(5, 12) * np.stack([np.cos(t), np.sin(t)], 1)
+        else:
+            d = les.normal(0, 3.5 * k, (m, 2))
+        for q, r in zip((d + c).tolist(), (k * les.uniform(0.7, 1.9, m)).tolist(), strict=True):
+            _circle(alb, q, r, col(yellow))
     main = [s for s in segs if s[1] > wv * 0.5 and len(s[0]) > 4]
     if grade >= 3:
-        for pts, w, tag, _ in main:  # venous beading: sausage-like calibre changes
-            if tag != 1 or les.random() < 0.4:
-                continue
-            for j in range(2, len(pts) - 1, 3):
-                _circle(alb, pts[j], max(w * 0.5, 0.8) * les.uniform(1.1, 1.5), col(vein))
+        beads: dict[int, list[np.ndarray]] = {}  # venous beading: sausage-like calibre changes
+        for _, w, tag, fx in main:
+            if tag == 1 and les.random() < 0.6:
+                thick = max(2, int(round(w * les.uniform(1.4, 1.9))))
+                beads.setdefault(thick, []).extend(fx[j : j + 2] for j in range(2, len(fx) - 2, 3))
+        for thick, lines in beads.items():
+            cv2.polylines(alb, lines, False, col(vein), thick, _AA, _SHIFT)
         for _ in range(les.integers(2, 6)):  # cotton-wool spots: fluffy pale patches near arcades
             pts = main[les.integers(0, len(main))][0]
             p = pts[les.integers(0, len(pts))]
@@ -359,15 +366,20 @@ def generate_fundus(
         while not sites or (len(sites) < 3 and les.random() < 0.6):
             pts = main[les.integers(0, len(main))][0]
             sites.append(tuple(pts[les.integers(len(pts) // 3, len(pts))]))
-        for sx, sy in sites:
-            for _ in range(les.integers(5, 10)):
-                m = int(les.integers(8, 16))
-                a = les.uniform(0, 2 * math.pi) + np.cumsum(les.normal(0, 0.9, m))
-                xs = sx + 1.4 * k * np.cumsum(np.cos(a))
-                ys = sy + 1.4 * k * np.cumsum(np.sin(a))
-                _line(alb, np.stack([np.r_[sx, xs], np.r_[sy, ys]], 1), col(vein, 0.8), 1)
+        for sx, sy in sites:  # 5-9 loops of 12 steps per site, all walked at once
+            n_loops = int(les.integers(5, 10))
+            a = les.uniform(0, 2 * math.pi, (n_loops, 1)) + np.cumsum(
+                les.normal(0, 0.9, (n_loops, 12)), 1
+            )
+            walk = np.zeros((n_loops, 13, 2))
+            walk[:, 1:, 0] = np.cumsum(np.cos(a), 1)
+            walk[:, 1:, 1] = np.cumsum(np.sin(a), 1)
+            loops = _pts(walk * (1.4 * k) + (sx, sy)).reshape(n_loops, 13, 1, 2)
+            cv2.polylines(alb, list(loops), False, col(vein, 0.8), 1, _AA, _SHIFT)
         if les.random() < 0.4:  # pre-retinal (boat-shaped) haemorrhage
-            _ellipse(alb, spot(0.5), (k * les.uniform(7, 12), k * les.uniform(4, 7)), 0, col(blot))
+            _ellipse(
+                alb, spots(1, 0.5)[0], (k * les.uniform(7, 12), k * les.uniform(4, 7)), 0, col(blot)
+            )
         if les.random() < 0.35:  # fibrovascular veil along an arcade
             pts = main[0][0]
             _line(alb, pts, col(cotton, 0.5), 6 * k)
@@ -376,22 +388,27 @@ def generate_fundus(
             soften(c[0], c[1], r, 2.0 * k)
 
     # ------------------------------------------------ illumination
-    X, Y = u * S, v * S
+    # Smooth, so computed at half resolution and upsampled; noise and aperture at full.
+    h2 = max(S // 2, 16)
+    hu, hv = _grid(h2)
+    X, Y = hu * S, hv * S
     r2 = ((X - cx) ** 2 + (Y - cy) ** 2) * np.float32(1 / (R * R))
-    lum = 1.0 + 0.045 * _lowfreq(anat, S, 5) + 0.03 * _lowfreq(anat, S, 20) + 0.012 * _noise(cam, S)
+    lum = 1.0 + 0.045 * _lowfreq(anat, h2, 5) + 0.03 * _lowfreq(anat, h2, 20)
     lum -= 0.45 * (r2 * np.sqrt(r2))  # vignetting towards the rim
     md2 = ((X - mac[0]) ** 2 + (Y - mac[1]) ** 2) * np.float32(1 / (R * R))
-    lum -= 0.28 * _exp(md2 * np.float32(-1 / (2 * 0.12**2))) + 0.15 * _exp(
-        md2 * np.float32(-1 / (2 * 0.022**2))
-    )
+    lum -= 0.28 * _exp(md2 * np.float32(-1 / (2 * 0.12**2)))
+    lum -= 0.15 * _exp(md2 * np.float32(-1 / (2 * 0.022**2)))  # fovea
     dd2 = ((X - disc[0]) ** 2 + (Y - disc[1]) ** 2) * np.float32(1 / (rd * rd))
     lum += 0.08 * _exp(dd2 * np.float32(-1 / (2 * 2.0**2)))  # peripapillary glow
-    ap = np.clip((1.0 - np.sqrt(r2)) * np.float32(R / 1.2) + 0.5, 0, 1)  # aperture, soft 1-px rim
+    lum = cv2.resize(lum, (S, S), interpolation=cv2.INTER_LINEAR) + 0.012 * _noise(cam, S)
+    ap = np.zeros((S, S), np.float32)  # the aperture: a circle with an anti-aliased rim
+    _circle(ap, (cx, cy), R, 255.0)
     if cam.random() < 0.4:  # the sensor's 3:2 frame cuts the circle top and bottom
         h = R * cam.uniform(0.8, 0.93)
-        ap *= np.abs(Y - cy) < h
-    lum *= ap * 255.0
-    img = cv2.convertScaleAbs(cv2.multiply(alb, cv2.merge([lum, lum, lum])))
+        ap[: max(0, int(round(cy - h)))] = 0
+        ap[max(0, int(round(cy + h))) :] = 0
+    lum8 = cv2.convertScaleAbs(lum * ap, alpha=200 / 255)  # 200 == unit illumination
+    img = cv2.multiply(alb, cv2.merge([lum8, lum8, lum8]), scale=1 / 200)
 
     # ------------------------------------------------ camera: exposure, colour cast, gamma, focus
     gain = np.exp(cam.normal(0.0, 0.18)) * np.exp(np.r_[0.0, cam.normal(0.0, 0.08, 2)])
@@ -598,7 +615,8 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     el_r = el_l = 0.0  # hemidiaphragm elevation (volume loss)
     marks = 1.0
     if has("Cardiomegaly"):
-        ctr = fnd.uniform(0.55, 0.66)
+        ctr = fnd.uniform(0.56, 0.68)
+        heart_h *= fnd.uniform(1.1, 1.3)
     if has("Emphysema"):
         cp += fnd.uniform(0.04, 0.07)
         apex -= 0.02
@@ -637,7 +655,8 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     # Heart: about 1/3 right of the midline, 2/3 left, apex tilted down towards the left.
     hwid = ctr * wc
     heart_m = np.zeros((S, S), np.uint8)
-    hc = ((mid + 0.16 * 2 * hwid) * S, (cp + ldrop - dome_h * 0.5 - heart_h * 0.6) * S)
+    # Its widest diameter sits just above the left dome, where the ratio is read.
+    hc = ((mid + 0.16 * 2 * hwid) * S, (cp + ldrop - dome_h * 0.8 - heart_h * 0.3) * S)
     _ellipse(heart_m, hc, (hwid * S * 1.02, heart_h * S), anat.uniform(10, 25), 1)
     _ellipse(heart_m, ((mid + 0.045) * S, 0.31 * S), (0.03 * S, 0.035 * S), 0, 1)  # aortic knob
     heart = heart_m.astype(bool)
@@ -653,25 +672,25 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
                (mid - body_w - 0.02, 1.01), (mid + body_w + 0.02, 1.01), (mid + body_w, sh + 0.08),
                (mid + 0.28, sh), (mid + 0.11, sh * 0.7), (mid + 0.09, -0.01)]  # fmt: skip
     cv2.fillPoly(body, [_pts([(x * S, y * S) for x, y in outline])], 1.0, _AA, _SHIFT)
-    body = _blur(body, 2.0 * k)
-    D = body * tissue * (1.0 - 0.35 * np.minimum((adu / body_w) ** 2, 1.0))
-    D += 0.07 * _blur(((v > diaph) & (adu < hw + 0.03)).astype(np.float32), 2.0 * k)  # abdomen
+    # Soft-edged structures share one blur: body, abdomen, trachea, spine, gastric bubble.
+    soft = body * (tissue * (1.0 - 0.35 * np.minimum((adu / body_w) ** 2, 1.0)))
+    soft += 0.07 * ((v > diaph) & (adu < hw + 0.03))  # abdomen below the domes
+    gb = np.zeros((S, S), np.float32)  # air: the trachea, and a gastric bubble under the left dome
+    _line(gb, [(mid * S, 0), (mid * S, 0.34 * S)], 0.10, 0.028 * S)
+    ph = anat.uniform(0, 1)
+    soft += (0.04 * (adu < 0.032)) * (0.6 + 0.4 * (np.cos((v - ph) * (2 * np.pi / 0.05)) > -0.6))
+    c = ((mid + wc * 0.45) * S, (cp + ldrop + 0.04) * S)
+    _ellipse(gb, c, (0.04 * S, 0.025 * S), 0, 0.15 * anat.uniform(0.3, 1.0))
+    soft -= gb
+    D = _blur(soft, 1.8 * k)
 
     # Lungs: darkest in the mid zones; apices, bases and the periphery carry soft tissue.
     shade = 1.0 - 0.35 * _exp(-(((v - apex) / 0.07) ** 2)) - 0.25 * np.clip((v - 0.55) / 0.3, 0, 1)
-    shade = shade - 0.2 * np.clip((adu - hw + 0.08) / 0.08, 0, 1) + 0.06 * _lowfreq(anat, S, 4)
-    LD = lung_dark * shade * lungb  # how much the lungs lighten the film; opacities fill it back
+    shade = shade - 2.5 * np.clip(adu - hw + 0.08, 0, 0.08)  # (1,S) - (S,1): the one 2-D op
+    shade += 0.06 * _lowfreq(anat, S, 4)
+    shade *= lungb
+    LD = shade * lung_dark  # how much the lungs lighten the film; opacities fill it back
     D -= LD
-
-    # Trachea (air column), spine faintly through the mediastinum.
-    tr = np.zeros((S, S), np.float32)
-    _line(tr, [(mid * S, 0), (mid * S, 0.34 * S)], 1.0, 0.028 * S)
-    D -= 0.10 * _blur(tr, 1.5 * k)
-    ph = anat.uniform(0, 1)
-    sp = (adu < 0.032).astype(np.float32) * (
-        0.6 + 0.4 * (np.cos((v - ph) * (2 * np.pi / 0.05)) > -0.6)
-    )
-    D += 0.04 * _blur(sp, 1.2 * k)
 
     # Ribs: posterior arcs rising from the spine and curving down the lateral wall, fainter
     # anterior ribs sloping down-medially; clavicles on top. Most visible over the lungs.
@@ -688,16 +707,28 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         post = _pts(np.stack([xs, ys], -1) * S).reshape(10, 14, 1, 2)
         cv2.polylines(bone, list(post), False, 0.45, max(1, round(0.016 * S)), _AA, _SHIFT)
         for dy, val in ((-0.008, 0.9), (0.008, 0.6)):  # cortices
-            cv2.polylines(bone, list(post + _fx(dy * S) * np.array([0, 1], np.int32)), False, val, 1, _AA, _SHIFT)
+            cv2.polylines(
+                bone,
+                list(post + _fx(dy * S) * np.array([0, 1], np.int32)),
+                False,
+                val,
+                1,
+                _AA,
+                _SHIFT,
+            )
         ax = mid + sgn * lat[:7]
         ant_x = np.concatenate([ax, ax - sgn * 0.08, np.full_like(ax, mid + sgn * 0.14)], 1)
         ant = _pts(np.stack([ant_x, ant_y], -1) * S).reshape(7, 3, 1, 2)
         cv2.polylines(bone, list(ant), False, 0.35, max(1, round(0.014 * S)), _AA, _SHIFT)
-        cl = [((mid + sgn * 0.04) * S, 0.16 * S), ((mid + sgn * 0.17) * S, 0.15 * S), ((mid + sgn * 0.32) * S, 0.10 * S)]
+        cl = [
+            ((mid + sgn * 0.04) * S, 0.16 * S),
+            ((mid + sgn * 0.17) * S, 0.15 * S),
+            ((mid + sgn * 0.32) * S, 0.10 * S),
+        ]
         _line(bone, cl, 1.0, 0.024 * S)
         _line(bone, cl, 1.6, 2 * k)
-    bone *= (0.3 + 0.7 * lungb) * (v < diaph + 0.02)
-    D += 0.09 * _blur(bone, 0.9 * k)
+    bone *= 0.027 + 0.063 * lungb  # faint over soft tissue; unblurred: the final blur softens
+    D += bone
 
     # Lung markings: vessels branching from the hila, tapering and fading towards the periphery.
     step = 0.018 * S
@@ -708,14 +739,17 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
 
     for sgn in (-1, 1):
         hx, hy = (mid + sgn * 0.085) * S, 0.40 * S
-        for a in np.linspace(-1.3, 1.3, 7):
+        for a in np.linspace(-1.2, 1.2, 6):
             ang = (math.pi if sgn < 0 else 0.0) + sgn * a + anat.normal(0, 0.1)
             roots.append((hx, hy, ang, 2.4 * k, 0.2 * S, 0.0, 0))
     segs = _forest(anat, roots, step, anywhere, 3, wiggle=0.18)
     mk = np.zeros((S, S), np.float32)
     _draw_segments(mk, segs)
     hil = _exp(-(((adu - 0.08) / 0.2) ** 2))
-    markings = (0.07 * marks) * _blur(mk, 1.0 * k) * hil * lungb
+    mk *= hil
+    mk *= lungb
+    markings = mk if marks == 1.0 else mk * marks
+    markings *= 0.07
 
     # ---- findings
     F = np.zeros((S, S), np.float32)
@@ -860,25 +894,30 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
         _circle(rim, c, r, 1.0, max(1, int(2 * k)))
         F += 0.16 * _blur(rim, 0.5 * k) - 0.30 * _blur(gas, 0.8 * k)
 
-    D = D + markings + F + 0.03 * _lowfreq(anat, S, 3)
-    gb = np.zeros((S, S), np.float32)  # gastric bubble under the left dome: normal anatomy
-    _ellipse(gb, ((mid + wc * 0.45) * S, (cp + ldrop + 0.04) * S), (0.04 * S, 0.025 * S), 0, 1.0)
-    D -= 0.15 * anat.uniform(0.3, 1.0) * _blur(gb, 2 * k)
+    D += markings
+    D += F
+    D += 0.03 * _lowfreq(anat, S, 3)
 
     # ---- acquisition: blur, quantum noise, exposure/contrast, positioning, side marker
-    D = _blur(D, 0.6 * k) + 0.012 * _noise(cam, S)
+    D = _blur(D, 0.8 * k)
+    D += 0.012 * _noise(cam, S)
     lo, hi = cam.uniform(0.0, 0.08), cam.uniform(0.72, 0.92)
-    D = np.clip((D - lo) * np.float32(1 / (hi - lo)), 0, 1)
-    D = np.power(D, np.float32(cam.uniform(0.8, 1.25)))
+    # Window to 8 bits (clamped below first: convertScaleAbs would fold negatives back up),
+    # then gamma by lookup table and positioning on the 8-bit film.
+    out = cv2.convertScaleAbs(
+        cv2.max(D, float(lo)), alpha=255 / (hi - lo), beta=-255 * lo / (hi - lo)
+    )
+    gamma = cam.uniform(0.8, 1.25)
+    out = cv2.LUT(out, np.round(255 * (np.arange(256) / 255) ** gamma).astype(np.uint8))
     M = cv2.getRotationMatrix2D((S / 2, S / 2), cam.normal(0, 2.0), cam.uniform(0.95, 1.05))
     M[:, 2] += cam.normal(0, 0.015 * S, 2)
-    D = cv2.warpAffine(D * 255.0 + 0.5, M, (S, S), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    out = np.clip(D, 0, 255).astype(np.uint8)
+    out = cv2.warpAffine(out, M, (S, S), flags=cv2.INTER_LINEAR, borderValue=0)
     if cam.random() < 0.5 and S >= 64:
-        org = (int(S * cam.uniform(0.03, 0.1)), int(S * cam.uniform(0.12, 0.2)))
-        cv2.putText(
-            out, "R", org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * k, 235, max(1, int(2 * k)), cv2.LINE_AA
-        )
+        # The radiographer's side marker, drawn as strokes (putText costs more than the film).
+        x, y, h = S * cam.uniform(0.03, 0.1), S * cam.uniform(0.12, 0.2), 0.05 * S
+        bowl = [(0, 0), (0, 1), (0.45, 1), (0.6, 0.85), (0.6, 0.65), (0.45, 0.5), (0, 0.5)]
+        for stroke in (bowl, [(0.2, 0.5), (0.65, 0)]):
+            _line(out, [(x + h * a, y - h * b) for a, b in stroke], 235, max(1.0, 1.5 * k))
     return out
 
 

@@ -45,11 +45,16 @@ def _largest_region(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, 
     runtime can reproduce exactly this step between two exported models.  Ties between
     equal areas go to the region met first in raster order.
     """
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
     if count <= 1:
         return np.zeros_like(mask, dtype=bool), None
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(stats[best, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+    x, y, w, h = (
+        int(stats[best, k])
+        for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT)
+    )
     return labels == best, (x, y, x + w, y + h)
 
 
@@ -60,7 +65,9 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_boxes(fmap: torch.Tensor, tau: float = 0.7, *, image_size: tuple[int, int]) -> torch.Tensor:
+def attention_boxes(
+    fmap: torch.Tensor, tau: float = 0.7, *, image_size: tuple[int, int]
+) -> torch.Tensor:
     """(N, C, h, w) features (or heat maps) -> (N, 4) long boxes (x0, y0, x1, y1) in input pixels.
 
     The heat map is up-sampled to ``image_size`` (H, W), thresholded at ``tau``, and the
@@ -76,7 +83,9 @@ def attention_boxes(fmap: torch.Tensor, tau: float = 0.7, *, image_size: tuple[i
     return torch.tensor(boxes, dtype=torch.long, device=fmap.device).view(-1, 4)
 
 
-def attention_box(fmap: torch.Tensor, tau: float = 0.7, *, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+def attention_box(
+    fmap: torch.Tensor, tau: float = 0.7, *, image_size: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """One image's (C, h, w) features or (h, w) heat map -> (x0, y0, x1, y1) in input pixels."""
     if fmap.dim() == 2:
         fmap = fmap.unsqueeze(0)
@@ -88,7 +97,9 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     """Crop each image's box and resize it to size x size (bilinear, averaged when shrinking)."""
     index = torch.arange(len(images), device=images.device, dtype=images.dtype)[:, None]
     rois = torch.cat([index, boxes.to(images.dtype)], dim=1)
-    return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return roi_align(
+        images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True
+    )
 
 
 class AGCNN(nn.Module):
@@ -97,8 +108,13 @@ class AGCNN(nn.Module):
     export_outputs = {"scores": ("scores", "sigmoid"), "heatmap": ("heatmap", "none")}
 
     def __init__(
-        self, global_backbone: nn.Module, local_backbone: nn.Module, *, num_classes: int = 14,
-        tau: float = 0.7, local_size: int = 224,
+        self,
+        global_backbone: nn.Module,
+        local_backbone: nn.Module,
+        *,
+        num_classes: int = 14,
+        tau: float = 0.7,
+        local_size: int = 224,
     ) -> None:
         super().__init__()
         self.tau = tau
@@ -107,7 +123,9 @@ class AGCNN(nn.Module):
         self.local_backbone = local_backbone
         self.global_head = nn.Linear(global_backbone.num_features, num_classes)
         self.local_head = nn.Linear(local_backbone.num_features, num_classes)
-        self.fusion_head = nn.Linear(global_backbone.num_features + local_backbone.num_features, num_classes)
+        self.fusion_head = nn.Linear(
+            global_backbone.num_features + local_backbone.num_features, num_classes
+        )
 
     # Max pooling, as in the paper: a finding is present if it is present anywhere.
     @staticmethod
@@ -117,13 +135,19 @@ class AGCNN(nn.Module):
     def global_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.global_backbone(x)
         pooled = self._pool(fmap)
-        return {"global_scores": self.global_head(pooled), "global_pooled": pooled, "heatmap": attention_heat(fmap)}
+        return {
+            "global_scores": self.global_head(pooled),
+            "global_pooled": pooled,
+            "heatmap": attention_heat(fmap),
+        }
 
     def local_forward(self, crop: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = self._pool(self.local_backbone(crop))
         return {"local_scores": self.local_head(pooled), "local_pooled": pooled}
 
-    def fusion_forward(self, global_pooled: torch.Tensor, local_pooled: torch.Tensor) -> torch.Tensor:
+    def fusion_forward(
+        self, global_pooled: torch.Tensor, local_pooled: torch.Tensor
+    ) -> torch.Tensor:
         return self.fusion_head(torch.cat([global_pooled, local_pooled], dim=1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

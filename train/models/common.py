@@ -32,6 +32,9 @@ class ExportView(nn.Module):
         super().__init__()
         self.model = model
         self.names = tuple(model.export_outputs)
+        # Same mode as the model: exporters restore the wrapper's mode afterwards, and a
+        # fresh (training-mode) wrapper would flip a model in eval mode back to training.
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(x)

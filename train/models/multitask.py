@@ -43,9 +43,13 @@ class MultiTaskGrader(nn.Module):
         with torch.no_grad():
             self.combiner.weight.fill_(1.0 / 3.0)
             self.combiner.bias.zero_()
-        self.register_buffer("grades", torch.arange(num_classes, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "grades", torch.arange(num_classes, dtype=torch.float32), persistent=False
+        )
 
-    def head_estimates(self, logits: torch.Tensor, reg: torch.Tensor, ord_logits: torch.Tensor) -> torch.Tensor:
+    def head_estimates(
+        self, logits: torch.Tensor, reg: torch.Tensor, ord_logits: torch.Tensor
+    ) -> torch.Tensor:
         """(N, 3): expected grade under the softmax, the regression value, sum of P(grade > k)."""
         expected = torch.softmax(logits, dim=1) @ self.grades
         ordinal = torch.sigmoid(ord_logits).sum(dim=1)

@@ -69,7 +69,9 @@ class AttentionModule(nn.Module):
     def __init__(self, channels: int, mask_depth: int) -> None:
         super().__init__()
         self.pre = PreActBottleneck(channels, channels)
-        self.trunk = nn.Sequential(PreActBottleneck(channels, channels), PreActBottleneck(channels, channels))
+        self.trunk = nn.Sequential(
+            PreActBottleneck(channels, channels), PreActBottleneck(channels, channels)
+        )
         self.mask_branch = SoftMaskBranch(channels, mask_depth)
         # Two 1x1 convs then a sigmoid: a per-channel, per-position gate in [0, 1].
         self.mask_head = nn.Sequential(
@@ -118,7 +120,9 @@ class ResidualAttentionNet(nn.Module):
         for i in range(3):
             # First stage keeps resolution (the max pool already halved it); later ones stride 2.
             units: list[nn.Module] = [PreActBottleneck(cin, widths[i], stride=1 if i == 0 else 2)]
-            units += [AttentionModule(widths[i], mask_depths[i]) for _ in range(modules_per_stage[i])]
+            units += [
+                AttentionModule(widths[i], mask_depths[i]) for _ in range(modules_per_stage[i])
+            ]
             stages.append(nn.ModuleList(units))
             cin = widths[i]
         self.stages = nn.ModuleList(stages)
@@ -165,7 +169,11 @@ def ran(
         raise ValueError("ran has no ImageNet weights; pass a local state-dict path or False")
     if tiny:
         model = ResidualAttentionNet(
-            num_classes=num_classes, in_chans=in_chans, stem=8, widths=(16, 32, 64, 128), dropout=dropout
+            num_classes=num_classes,
+            in_chans=in_chans,
+            stem=8,
+            widths=(16, 32, 64, 128),
+            dropout=dropout,
         )
     else:
         model = ResidualAttentionNet(num_classes=num_classes, in_chans=in_chans, dropout=dropout)

@@ -54,11 +54,16 @@ def crop_patches(images: torch.Tensor, centres: torch.Tensor, size: int) -> torc
     One sample per output pixel at the input's own resolution (no resizing); zero outside.
     """
     b, n = centres.shape[:2]
-    cy, cx = centres[..., 0].reshape(-1).to(images.dtype), centres[..., 1].reshape(-1).to(images.dtype)
+    cy, cx = (
+        centres[..., 0].reshape(-1).to(images.dtype),
+        centres[..., 1].reshape(-1).to(images.dtype),
+    )
     index = torch.arange(b, device=images.device, dtype=images.dtype).repeat_interleave(n)
     half = size / 2
     rois = torch.stack([index, cx - half, cy - half, cx + half, cy + half], dim=1)
-    return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    return roi_align(
+        images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True
+    )
 
 
 class ZoomInNet(nn.Module):
@@ -96,7 +101,9 @@ class ZoomInNet(nn.Module):
 
     def mnet_anet_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.mnet_size is not None:
-            x = F.interpolate(x, size=(self.mnet_size, self.mnet_size), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                x, size=(self.mnet_size, self.mnet_size), mode="bilinear", align_corners=False
+            )
         fmap = self.mnet(x)
         pooled = fmap.mean(dim=(2, 3))
         s = self.score_conv(fmap)
