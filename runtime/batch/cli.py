@@ -111,8 +111,14 @@ class _Bar:
     def __enter__(self) -> _Bar:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(),
