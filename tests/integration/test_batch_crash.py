@@ -127,18 +127,20 @@ def test_kill_9_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path, fund
         attempts += 1
         recorded, unfinished = progress(db, len(ref["items"]))
         after_discovery = (n_files - recorded) + 1 + 2 * unfinished  # ingest, before-screen, 2 per result
-        if attempts % 3 == 0 and unfinished:  # killed from outside after a random delay
+        if unfinished and attempts % 3 == 0:  # killed from outside after a random delay
             proc = batch(root, bundle, db)
             try:
-                proc.communicate(timeout=rng.uniform(0.3, 0.8 * (startup_s + per_item * unfinished)))
+                proc.communicate(timeout=rng.uniform(0.3, startup_s + per_item * min(unfinished, 40)))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.communicate()
-        else:  # the process kills itself at its k-th crash point; 1 in 4 during discovery
-            k = rng.randint(1, n_files) if attempts % 4 == 1 else n_files + rng.randint(1, after_discovery)
+        else:  # the process kills itself at its k-th crash point: in discovery, or a little after
+            if not unfinished or attempts % 5 == 1:
+                k = rng.randint(1, n_files)
+            else:  # small steps, so the kills spread over the whole batch
+                k = n_files + rng.randint(1, min(after_discovery, 80))
             proc = batch(root, bundle, db, env={"EDGESCREEN_BATCH_CRASH_AT": str(k)})
             proc.communicate(timeout=120)
-        print(attempts, "timer" if attempts % 3 == 0 else "hook", proc.returncode, recorded, unfinished)
         kills += proc.returncode == -signal.SIGKILL
     assert kills >= 20, f"only {kills} runs were killed (seed {seed})"
 
