@@ -12,25 +12,39 @@ EXIT_OK, EXIT_SOME_FAILED = 0, 1
 
 
 def add_batch_command(sub) -> None:
-    p = sub.add_parser("batch", help="screen a folder of uploads into a resumable SQLite ledger",
-                       description="Screen every image under IN_DIR (recursively) into a crash-safe ledger. "
-                                   "Rerun the same command to resume after a crash: nothing is lost or "
-                                   "screened twice.")
+    p = sub.add_parser(
+        "batch",
+        help="screen a folder of uploads into a resumable SQLite ledger",
+        description="Screen every image under IN_DIR (recursively) into a crash-safe ledger. "
+        "Rerun the same command to resume after a crash: nothing is lost or "
+        "screened twice.",
+    )
     p.add_argument("in_dir", type=Path, metavar="IN_DIR")
     p.add_argument("--bundle", required=True, type=Path)
     p.add_argument("--db", required=True, type=Path, help="the ledger (SQLite; created 0600)")
-    p.add_argument("--watch", action="store_true", help="keep screening new uploads until SIGINT/SIGTERM")
-    p.add_argument("--poll", type=float, default=2.0, help="seconds between polls in --watch (default 2)")
+    p.add_argument(
+        "--watch", action="store_true", help="keep screening new uploads until SIGINT/SIGTERM"
+    )
+    p.add_argument(
+        "--poll", type=float, default=2.0, help="seconds between polls in --watch (default 2)"
+    )
     p.add_argument("--workers", type=int, default=2, help="decode/preprocess threads (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: backend's own)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="inference threads (default: backend's own)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
     p.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     p.add_argument("--csv", type=Path, help="write a flat CSV export here")
-    p.add_argument("--pseudonymise", action="store_true",
-                   help="replace file names and patient ids in exports with keyed hashes (key: DB.key)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
+    p.add_argument(
+        "--pseudonymise",
+        action="store_true",
+        help="replace file names and patient ids in exports with keyed hashes (key: DB.key)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (no progress bar)"
+    )
     p.set_defaults(func=cmd_batch)
 
 
@@ -41,9 +55,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from .pipeline import BatchOptions, install_stop_handlers, run_batch
     from .report import load_key, write_csv, write_html
 
-    opts = BatchOptions(in_dir=args.in_dir, bundle=args.bundle, db=args.db, precision=args.precision,
-                        backend=args.backend, workers=args.workers, threads=args.threads,
-                        batch_size=args.batch_size, watch=args.watch, poll_s=args.poll)
+    opts = BatchOptions(
+        in_dir=args.in_dir,
+        bundle=args.bundle,
+        db=args.db,
+        precision=args.precision,
+        backend=args.backend,
+        workers=args.workers,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        watch=args.watch,
+        poll_s=args.poll,
+    )
     stop = threading.Event()
     restore = install_stop_handlers(stop)
     try:
@@ -66,15 +89,27 @@ def cmd_batch(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     summary = {
-        "done": counts["done"], "ungradable": counts["ungradable"], "failed": counts["failed"],
-        "pending": counts["pending"], "referrals": referrals,
+        "done": counts["done"],
+        "ungradable": counts["ungradable"],
+        "failed": counts["failed"],
+        "pending": counts["pending"],
+        "referrals": referrals,
         "patients": len(patients),
         "patient_referrals": sum(p.decision in ("urgent", "refer") for p in patients),
-        "this_run": {"discovered": stats.discovered, "new": stats.new_items, "aliases": stats.aliases,
-                     "screened": stats.screened, **stats.finished,
-                     "images_per_s": round(stats.screened / stats.screening_s, 2) if stats.screening_s else None,
-                     "elapsed_s": round(stats.elapsed_s, 2), "interrupted": stats.interrupted},
-        "db": str(args.db), **exports,
+        "this_run": {
+            "discovered": stats.discovered,
+            "new": stats.new_items,
+            "aliases": stats.aliases,
+            "screened": stats.screened,
+            **stats.finished,
+            "images_per_s": round(stats.screened / stats.screening_s, 2)
+            if stats.screening_s
+            else None,
+            "elapsed_s": round(stats.elapsed_s, 2),
+            "interrupted": stats.interrupted,
+        },
+        "db": str(args.db),
+        **exports,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -89,12 +124,20 @@ def _print_summary(s: dict) -> None:
     console = Console(highlight=False)
     run = s["this_run"]
     rate = f" at {run['images_per_s']} images/s" if run["images_per_s"] else ""
-    console.print(f"this run: screened {run['screened']}{rate}; {run['new']} new, {run['aliases']} aliases"
-                  + (" (interrupted: rerun to finish)" if run["interrupted"] else ""))
-    console.print(f"[bold]{s['done']}[/bold] done · [bold]{s['ungradable']}[/bold] ungradable · "
-                  f"[bold]{s['failed']}[/bold] failed · [bold]{s['referrals']}[/bold] referrals"
-                  + (f" · {s['pending']} pending" if s["pending"] else "")
-                  + (f" · {s['patients']} patients, {s['patient_referrals']} to refer" if s["patients"] else ""))
+    console.print(
+        f"this run: screened {run['screened']}{rate}; {run['new']} new, {run['aliases']} aliases"
+        + (" (interrupted: rerun to finish)" if run["interrupted"] else "")
+    )
+    console.print(
+        f"[bold]{s['done']}[/bold] done · [bold]{s['ungradable']}[/bold] ungradable · "
+        f"[bold]{s['failed']}[/bold] failed · [bold]{s['referrals']}[/bold] referrals"
+        + (f" · {s['pending']} pending" if s["pending"] else "")
+        + (
+            f" · {s['patients']} patients, {s['patient_referrals']} to refer"
+            if s["patients"]
+            else ""
+        )
+    )
     for k in ("report", "csv"):
         if k in s:
             console.print(f"{k}: {s[k]}")
@@ -120,10 +163,18 @@ class _Bar:
                 TimeRemainingColumn,
             )
 
-            self.progress = Progress(TextColumn("screening"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(),
-                                     TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[tally]}"),
-                                     console=Console(stderr=True), transient=True)
+            self.progress = Progress(
+                TextColumn("screening"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} img/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[tally]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.progress.start()
         self.tally = {"done": 0, "ungradable": 0, "failed": 0}
         return self
@@ -146,8 +197,12 @@ class _Bar:
         if self.progress is None or self.task is None:
             return
         speed = self.progress.tasks[0].speed
-        self.progress.update(self.task, advance=1, rate=f"{speed:.1f}" if speed else "-",
-                             tally=" ".join(f"{k} {v}" for k, v in self.tally.items()))
+        self.progress.update(
+            self.task,
+            advance=1,
+            rate=f"{speed:.1f}" if speed else "-",
+            tally=" ".join(f"{k} {v}" for k, v in self.tally.items()),
+        )
 
 
 def main(argv=None) -> int:

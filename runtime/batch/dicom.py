@@ -15,7 +15,9 @@ import numpy as np
 from ..errors import ImageError
 
 
-def decode_dicom(data: bytes, name: str, *, max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
+def decode_dicom(
+    data: bytes, name: str, *, max_pixels: int | None = None
+) -> tuple[np.ndarray, str | None]:
     """(image, note): RGB uint8 or grey uint16; note says when only the first frame was used."""
     try:
         import pydicom
@@ -27,11 +29,16 @@ def decode_dicom(data: bytes, name: str, *, max_pixels: int | None = None) -> tu
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise ImageError(name, f"corrupt DICOM ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageError(name, "DICOM file has no pixel data (not an image: report, structured data?)")
+        raise ImageError(
+            name, "DICOM file has no pixel data (not an image: report, structured data?)"
+        )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if max_pixels is not None and rows * cols > max_pixels:
-        raise ImageError(name, f"image is {cols}x{rows} pixels, over the limit of {max_pixels:,} "
-                               "(refused before decoding)")
+        raise ImageError(
+            name,
+            f"image is {cols}x{rows} pixels, over the limit of {max_pixels:,} "
+            "(refused before decoding)",
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
@@ -49,8 +56,12 @@ def decode_dicom(data: bytes, name: str, *, max_pixels: int | None = None) -> tu
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt or unsupported pixel data of any kind
-        raise ImageError(name, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})") from None
-    note = f"multi-frame DICOM ({frames} frames): the first frame was screened" if frames > 1 else None
+        raise ImageError(
+            name, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})"
+        ) from None
+    note = (
+        f"multi-frame DICOM ({frames} frames): the first frame was screened" if frames > 1 else None
+    )
     return np.ascontiguousarray(image), note
 
 

@@ -71,7 +71,9 @@ def _stat(full: Path, root: Path, real_root: Path) -> Found:
                 return Found(rel, full, problem=_outside(full))
             st = full.stat()  # a link inside IN_DIR: judge its target
         if not stat.S_ISREG(st.st_mode):
-            return Found(rel, full, problem="not a regular file (device, socket, fifo or directory)")
+            return Found(
+                rel, full, problem="not a regular file (device, socket, fifo or directory)"
+            )
     except FileNotFoundError:
         if full.is_symlink():
             return Found(rel, full, problem="broken symbolic link (its target does not exist)")
@@ -112,7 +114,11 @@ class Stability:
     def ready(self, found: list[Found]) -> list[Found]:
         now = time.time_ns()
         seen = {f.rel: f.signature for f in found if f.problem is None}
-        ready = [f for f in found if f.problem is not None
-                 or (self._last.get(f.rel) == f.signature and now - f.mtime_ns >= self.quiet_ns)]
+        ready = [
+            f
+            for f in found
+            if f.problem is not None
+            or (self._last.get(f.rel) == f.signature and now - f.mtime_ns >= self.quiet_ns)
+        ]
         self._last = seen
         return ready

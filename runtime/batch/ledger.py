@@ -94,7 +94,9 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             create_private(self.path)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, check_same_thread=False
+            )
             self.db.execute("PRAGMA busy_timeout = 30000")
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -104,22 +106,31 @@ class Ledger:
                 raise sqlite3.DatabaseError(f"cannot switch to WAL (journal mode {mode})")
             self.db.execute("PRAGMA synchronous = NORMAL")
             self.db.execute("PRAGMA foreign_keys = ON")
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
             if tables and "meta" not in tables:
-                raise LedgerError(f"{self.path}: an SQLite database, but not an edgescreen batch ledger; "
-                                  "give another --db")
+                raise LedgerError(
+                    f"{self.path}: an SQLite database, but not an edgescreen batch ledger; "
+                    "give another --db"
+                )
             if not tables:
                 # One transaction: a crash here leaves an empty file, set up again next time.
                 self.db.executescript(
                     f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO meta (key, value) VALUES "
-                    f"('schema_version', '{SCHEMA_VERSION}'), ('created_at', '{time.time()}'); COMMIT;")
+                    f"('schema_version', '{SCHEMA_VERSION}'), ('created_at', '{time.time()}'); COMMIT;"
+                )
             version = self.meta("schema_version")
             if version != str(SCHEMA_VERSION):
-                raise LedgerError(f"{self.path}: not an edgescreen batch ledger "
-                                  f"(schema_version {version!r}, expected {SCHEMA_VERSION})")
+                raise LedgerError(
+                    f"{self.path}: not an edgescreen batch ledger "
+                    f"(schema_version {version!r}, expected {SCHEMA_VERSION})"
+                )
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: the ledger database is corrupt or not a ledger ({exc}); "
-                              "move it aside and rerun (nothing was screened)") from None
+            raise LedgerError(
+                f"{self.path}: the ledger database is corrupt or not a ledger ({exc}); "
+                "move it aside and rerun (nothing was screened)"
+            ) from None
 
     # -- plumbing --------------------------------------------------------------------------
     def tx(self):
@@ -136,8 +147,10 @@ class Ledger:
         return row[0] if row else None
 
     def _set(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
-                        (key, value, value))
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+            (key, value, value),
+        )
 
     def bind(self, bundle_sha256: str, precision: str, model: str) -> None:
         """A ledger holds one model's results: refuse to mix two bundles or precisions."""
@@ -151,7 +164,8 @@ class Ledger:
         if have != (bundle_sha256, precision):
             raise LedgerError(
                 f"{self.path} holds results of bundle {have[0][:12] if have[0] else '?'}… at {have[1]}, "
-                f"not of this bundle {bundle_sha256[:12]}… at {precision}; use another --db for another model")
+                f"not of this bundle {bundle_sha256[:12]}… at {precision}; use another --db for another model"
+            )
 
     # -- discovery side --------------------------------------------------------------------
     def path_signature(self) -> dict[str, tuple[int, int, int] | None]:
@@ -159,14 +173,27 @@ class Ledger:
         return {p: (s, m, i) if s is not None else None for p, s, m, i in rows}
 
     def path_key(self, path: str) -> str | None:
-        row = self.db.execute("SELECT items.key FROM paths JOIN items ON items.id = paths.item_id "
-                              "WHERE paths.path = ?", (path,)).fetchone()
+        row = self.db.execute(
+            "SELECT items.key FROM paths JOIN items ON items.id = paths.item_id "
+            "WHERE paths.path = ?",
+            (path,),
+        ).fetchone()
         return row[0] if row else None
 
-    def record_path(self, path: str, key: str, *, sha256: str | None, fmt: str | None, size: int | None,
-                    signature: tuple[int, int, int] | None, state: str = "pending",
-                    error: str | None = None, notes: str | None = None,
-                    result_json: str | None = None) -> bool:
+    def record_path(
+        self,
+        path: str,
+        key: str,
+        *,
+        sha256: str | None,
+        fmt: str | None,
+        size: int | None,
+        signature: tuple[int, int, int] | None,
+        state: str = "pending",
+        error: str | None = None,
+        notes: str | None = None,
+        result_json: str | None = None,
+    ) -> bool:
         """Map a path to the item of its content, creating the item if new. True if created."""
         now = time.time()
         with self.tx():
@@ -176,8 +203,21 @@ class Ledger:
                 cur = self.db.execute(
                     "INSERT INTO items (key, sha256, path, format, size, state, decision, error, notes, "
                     "result_json, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, sha256, path, fmt, size, state, None if state == "pending" else state, error, notes,
-                     result_json, now, None if state == "pending" else now))
+                    (
+                        key,
+                        sha256,
+                        path,
+                        fmt,
+                        size,
+                        state,
+                        None if state == "pending" else state,
+                        error,
+                        notes,
+                        result_json,
+                        now,
+                        None if state == "pending" else now,
+                    ),
+                )
                 item_id = cur.lastrowid
             else:
                 item_id = row[0]
@@ -187,66 +227,120 @@ class Ledger:
                 "INSERT INTO paths (path, item_id, size, mtime_ns, ino, seen_at) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET item_id = excluded.item_id, size = excluded.size, "
                 "mtime_ns = excluded.mtime_ns, ino = excluded.ino, seen_at = excluded.seen_at",
-                (path, item_id, s, m, i, now))
+                (path, item_id, s, m, i, now),
+            )
             if old is not None and old[0] != item_id:
                 # A path-keyed failure that now reads fine was never screened: drop it.
-                self.db.execute("DELETE FROM items WHERE id = ? AND key LIKE 'path:%' AND NOT EXISTS "
-                                "(SELECT 1 FROM paths WHERE item_id = ?)", (old[0], old[0]))
+                self.db.execute(
+                    "DELETE FROM items WHERE id = ? AND key LIKE 'path:%' AND NOT EXISTS "
+                    "(SELECT 1 FROM paths WHERE item_id = ?)",
+                    (old[0], old[0]),
+                )
             self._hook("ingest-commit")
         return created
 
     def forget_signature(self, path: str) -> None:
         """The file changed under us: read and hash it again on the next pass."""
         with self.tx():
-            self.db.execute("UPDATE paths SET size = NULL, mtime_ns = NULL, ino = NULL WHERE path = ?", (path,))
+            self.db.execute(
+                "UPDATE paths SET size = NULL, mtime_ns = NULL, ino = NULL WHERE path = ?", (path,)
+            )
 
     # -- screening side --------------------------------------------------------------------
     def pending(self) -> list[tuple[int, str, str | None, list[tuple[str, tuple | None]]]]:
         """(id, first path, format, [(path, signature)]) of every pending item, oldest first."""
-        items = self.db.execute("SELECT id, path, format FROM items WHERE state = 'pending' ORDER BY id").fetchall()
+        items = self.db.execute(
+            "SELECT id, path, format FROM items WHERE state = 'pending' ORDER BY id"
+        ).fetchall()
         out = []
         for item_id, path, fmt in items:
-            rows = self.db.execute("SELECT path, size, mtime_ns, ino FROM paths WHERE item_id = ? ORDER BY path",
-                                   (item_id,)).fetchall()
-            out.append((item_id, path, fmt,
-                        [(p, (s, m, i) if s is not None else None) for p, s, m, i in rows]))
+            rows = self.db.execute(
+                "SELECT path, size, mtime_ns, ino FROM paths WHERE item_id = ? ORDER BY path",
+                (item_id,),
+            ).fetchall()
+            out.append(
+                (
+                    item_id,
+                    path,
+                    fmt,
+                    [(p, (s, m, i) if s is not None else None) for p, s, m, i in rows],
+                )
+            )
         return out
 
-    def finish(self, item_id: int, state: str, *, result_json: str | None, decision: str | None,
-               error: str | None, heatmap_png: bytes | None, bundle_sha256: str | None,
-               precision: str | None, timings: dict | None, notes: str | None = None) -> None:
+    def finish(
+        self,
+        item_id: int,
+        state: str,
+        *,
+        result_json: str | None,
+        decision: str | None,
+        error: str | None,
+        heatmap_png: bytes | None,
+        bundle_sha256: str | None,
+        precision: str | None,
+        timings: dict | None,
+        notes: str | None = None,
+    ) -> None:
         assert state in STATES[1:]
         with self.tx():
             self.db.execute(
                 "UPDATE items SET state = ?, result_json = ?, decision = ?, error = ?, heatmap_png = ?, "
                 "bundle_sha256 = ?, precision = ?, timings_json = ?, notes = COALESCE(?, notes), "
                 "attempts = attempts + 1, finished_at = ? WHERE id = ? AND state = 'pending'",
-                (state, result_json, decision, error, heatmap_png, bundle_sha256, precision,
-                 json.dumps(timings, sort_keys=True) if timings is not None else None, notes, time.time(),
-                 item_id))
+                (
+                    state,
+                    result_json,
+                    decision,
+                    error,
+                    heatmap_png,
+                    bundle_sha256,
+                    precision,
+                    json.dumps(timings, sort_keys=True) if timings is not None else None,
+                    notes,
+                    time.time(),
+                    item_id,
+                ),
+            )
             self._hook("mid-commit")
         self._hook("after-commit")
 
     # -- reading ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        counts.update(self.db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        counts.update(
+            self.db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()
+        )
         return counts
 
     def referrals(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM items WHERE state = 'done' "
-                               "AND decision IN ('urgent', 'refer')").fetchone()[0]
+        return self.db.execute(
+            "SELECT COUNT(*) FROM items WHERE state = 'done' AND decision IN ('urgent', 'refer')"
+        ).fetchone()[0]
 
     def items(self) -> Iterator[Item]:
         paths: dict[int, list[str]] = {}
         for p, item_id in self.db.execute("SELECT path, item_id FROM paths ORDER BY path"):
             paths.setdefault(item_id, []).append(p)
         for row in self.db.execute(
-                "SELECT id, key, sha256, path, format, state, decision, error, notes, result_json, heatmap_png "
-                "FROM items ORDER BY path, id"):
+            "SELECT id, key, sha256, path, format, state, decision, error, notes, result_json, heatmap_png "
+            "FROM items ORDER BY path, id"
+        ):
             item_id, key, sha, path, fmt, state, decision, error, notes, rj, heat = row
-            yield Item(item_id, key, sha, path, fmt, state, decision, error, notes,
-                       json.loads(rj) if rj else None, heat, paths.get(item_id, [path]))
+            yield Item(
+                item_id,
+                key,
+                sha,
+                path,
+                fmt,
+                state,
+                decision,
+                error,
+                notes,
+                json.loads(rj) if rj else None,
+                heat,
+                paths.get(item_id, [path]),
+            )
 
 
 class _Tx:

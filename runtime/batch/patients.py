@@ -16,7 +16,14 @@ from pathlib import Path, PurePosixPath
 from ..card import DECISIONS  # urgent > refer > routine > rescreen > none
 
 SIDECAR = "patients.csv"
-_EYE_WORDS = {"l": "left", "left": "left", "os": "left", "r": "right", "right": "right", "od": "right"}
+_EYE_WORDS = {
+    "l": "left",
+    "left": "left",
+    "os": "left",
+    "r": "right",
+    "right": "right",
+    "od": "right",
+}
 _NAME = re.compile(r"^(?P<patient>.+?)[ _.-]+(?P<eye>l|r|left|right|os|od)$", re.IGNORECASE)
 
 
@@ -39,7 +46,11 @@ class Patient:
         graded = [e.decision for e in self.eyes if e.state == "done" and e.decision in DECISIONS]
         if graded:
             return min(graded, key=DECISIONS.index)
-        return "ungradable" if any(e.state in ("ungradable", "failed") for e in self.eyes) else "pending"
+        return (
+            "ungradable"
+            if any(e.state in ("ungradable", "failed") for e in self.eyes)
+            else "pending"
+        )
 
     @property
     def note(self) -> str:
@@ -62,7 +73,10 @@ def read_sidecars(root: Path) -> dict[str, tuple[str, str]]:
         try:
             with open(csv_path, newline="", encoding="utf-8-sig") as fh:
                 for row in csv.DictReader(fh):
-                    name, patient = (row.get("file") or "").strip(), (row.get("patient") or "").strip()
+                    name, patient = (
+                        (row.get("file") or "").strip(),
+                        (row.get("patient") or "").strip(),
+                    )
                     if name and patient:
                         eye = (row.get("eye") or "").strip().lower()
                         out[(folder / name).as_posix()] = (patient, _EYE_WORDS.get(eye, eye or "?"))

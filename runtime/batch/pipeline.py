@@ -58,7 +58,9 @@ class RunStats:
     new_items: int = 0
     aliases: int = 0
     screened: int = 0
-    finished: dict[str, int] = field(default_factory=lambda: {"done": 0, "ungradable": 0, "failed": 0})
+    finished: dict[str, int] = field(
+        default_factory=lambda: {"done": 0, "ungradable": 0, "failed": 0}
+    )
     screening_s: float = 0.0
     elapsed_s: float = 0.0
     interrupted: bool = False
@@ -87,8 +89,9 @@ class CrashPoints:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_batch(opts: BatchOptions, *, progress: Progress | None = None,
-              stop: threading.Event | None = None) -> RunStats:
+def run_batch(
+    opts: BatchOptions, *, progress: Progress | None = None, stop: threading.Event | None = None
+) -> RunStats:
     """Screen opts.in_dir into opts.db; stops early (cleanly) when `stop` is set."""
     start = time.perf_counter()
     progress = progress or Progress()
@@ -101,8 +104,14 @@ def run_batch(opts: BatchOptions, *, progress: Progress | None = None,
     ledger = Ledger(opts.db, hook=crash)
     stats = RunStats()
     try:
-        with Screener(opts.bundle, precision=opts.precision, backend=opts.backend, threads=opts.threads,
-                      workers=opts.workers, verify=opts.verify) as screener:
+        with Screener(
+            opts.bundle,
+            precision=opts.precision,
+            backend=opts.backend,
+            threads=opts.threads,
+            workers=opts.workers,
+            verify=opts.verify,
+        ) as screener:
             ledger.bind(screener.audit["bundle_sha256"], opts.precision, screener.card.name)
             stability = Stability(quiet_s=opts.poll_s) if opts.watch else None
             passes = 0
@@ -112,7 +121,9 @@ def run_batch(opts: BatchOptions, *, progress: Progress | None = None,
                 if stability is not None:
                     found = stability.ready(found)
                 changed = _ingest(ledger, screener, found, stats, stop, workers=opts.workers)
-                screened = _screen_pending(ledger, screener, in_dir, opts, stats, progress, stop, crash)
+                screened = _screen_pending(
+                    ledger, screener, in_dir, opts, stats, progress, stop, crash
+                )
                 passes += 1
                 if not opts.watch and (changed + screened == 0 or passes >= _MAX_ONESHOT_PASSES):
                     break
@@ -143,12 +154,22 @@ def _read(found: Found) -> _Read:
         return _Read(None, None, "permission denied (cannot read the file)")
     except OSError as exc:
         return _Read(None, None, f"cannot read ({exc.strerror or exc})")
-    return _Read(hashlib.sha256(data).hexdigest(), sniff(data, dicom_by_name=found.rel.lower().endswith(".dcm")),
-                 None)
+    return _Read(
+        hashlib.sha256(data).hexdigest(),
+        sniff(data, dicom_by_name=found.rel.lower().endswith(".dcm")),
+        None,
+    )
 
 
-def _ingest(ledger: Ledger, screener: Screener, found: list[Found], stats: RunStats,
-            stop: threading.Event, *, workers: int) -> int:
+def _ingest(
+    ledger: Ledger,
+    screener: Screener,
+    found: list[Found],
+    stats: RunStats,
+    stop: threading.Event,
+    *,
+    workers: int,
+) -> int:
     known = ledger.path_signature()
     todo = [f for f in found if f.rel not in known or known[f.rel] != f.signature]
     todo = [f for f in todo if not (f.problem and ledger.path_key(f.rel) == f"path:{f.rel}")]
@@ -164,9 +185,17 @@ def _ingest(ledger: Ledger, screener: Screener, found: list[Found], stats: RunSt
             changed += 1
             if read.problem is not None:  # nothing to hash: the item is the path itself
                 error = str(ImageError(f.rel, read.problem))
-                ledger.record_path(f.rel, f"path:{f.rel}", sha256=None, fmt=None, size=None,
-                                   signature=f.signature, state="failed", error=error,
-                                   result_json=_failed(screener, f.rel, error).to_json())
+                ledger.record_path(
+                    f.rel,
+                    f"path:{f.rel}",
+                    sha256=None,
+                    fmt=None,
+                    size=None,
+                    signature=f.signature,
+                    state="failed",
+                    error=error,
+                    result_json=_failed(screener, f.rel, error).to_json(),
+                )
                 stats.new_items += 1
                 continue
             sn = read.sniffed
@@ -178,10 +207,21 @@ def _ingest(ledger: Ledger, screener: Screener, found: list[Found], stats: RunSt
             extra = {}
             if problem is not None:
                 error = str(ImageError(f.rel, problem))
-                extra = {"state": "failed", "error": error,
-                         "result_json": _failed(screener, f.rel, error).to_json()}
-            created = ledger.record_path(f.rel, read.sha256, sha256=read.sha256, fmt=sn.format, size=f.size,
-                                         signature=f.signature, notes=notes, **extra)
+                extra = {
+                    "state": "failed",
+                    "error": error,
+                    "result_json": _failed(screener, f.rel, error).to_json(),
+                }
+            created = ledger.record_path(
+                f.rel,
+                read.sha256,
+                sha256=read.sha256,
+                fmt=sn.format,
+                size=f.size,
+                signature=f.signature,
+                notes=notes,
+                **extra,
+            )
             if created:
                 stats.new_items += 1
             else:
@@ -190,14 +230,28 @@ def _ingest(ledger: Ledger, screener: Screener, found: list[Found], stats: RunSt
 
 
 def _failed(screener: Screener, name: str, error: str) -> ScreeningResult:
-    return ScreeningResult(image=name, status="failed", task=screener.card.task, decision="failed",
-                           action=f"could not screen this image, check the file and retake: {error}",
-                           error=error, audit=dict(screener.audit))
+    return ScreeningResult(
+        image=name,
+        status="failed",
+        task=screener.card.task,
+        decision="failed",
+        action=f"could not screen this image, check the file and retake: {error}",
+        error=error,
+        audit=dict(screener.audit),
+    )
 
 
 # -- screening ---------------------------------------------------------------------------------
-def _screen_pending(ledger: Ledger, screener: Screener, in_dir: Path, opts: BatchOptions, stats: RunStats,
-                    progress: Progress, stop: threading.Event, crash: Callable[[str], None]) -> int:
+def _screen_pending(
+    ledger: Ledger,
+    screener: Screener,
+    in_dir: Path,
+    opts: BatchOptions,
+    stats: RunStats,
+    progress: Progress,
+    stop: threading.Event,
+    crash: Callable[[str], None],
+) -> int:
     pending = ledger.pending()
     if not pending or stop.is_set():
         return 0
@@ -215,21 +269,41 @@ def _screen_pending(ledger: Ledger, screener: Screener, in_dir: Path, opts: Batc
     done = 0
     try:
         crash("before-screen")
-        done += _run(ledger, screener, in_dir, files, [str(in_dir / p) for _, p, _ in files], opts, stats,
-                     progress, stop)
+        done += _run(
+            ledger,
+            screener,
+            in_dir,
+            files,
+            [str(in_dir / p) for _, p, _ in files],
+            opts,
+            stats,
+            progress,
+            stop,
+        )
         for i in range(0, len(dicoms), opts.batch_size):  # decoded here: bounded chunks
             if stop.is_set():
                 break
-            chunk = dicoms[i:i + opts.batch_size]
-            images = [_load_dicom(in_dir / p, p, screener.card.input.max_pixels) for _, p, _ in chunk]
+            chunk = dicoms[i : i + opts.batch_size]
+            images = [
+                _load_dicom(in_dir / p, p, screener.card.input.max_pixels) for _, p, _ in chunk
+            ]
             done += _run(ledger, screener, in_dir, chunk, images, opts, stats, progress, stop)
     finally:
         stats.screening_s += time.perf_counter() - start
     return done
 
 
-def _run(ledger: Ledger, screener: Screener, in_dir: Path, entries, images, opts: BatchOptions,
-         stats: RunStats, progress: Progress, stop: threading.Event) -> int:
+def _run(
+    ledger: Ledger,
+    screener: Screener,
+    in_dir: Path,
+    entries,
+    images,
+    opts: BatchOptions,
+    stats: RunStats,
+    progress: Progress,
+    stop: threading.Event,
+) -> int:
     if not entries:
         return 0
     done = 0
@@ -284,12 +358,28 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _commit(ledger: Ledger, screener: Screener, item_id: int, result: ScreeningResult, stats: RunStats,
-            progress: Progress, notes: str | None = None) -> None:
+def _commit(
+    ledger: Ledger,
+    screener: Screener,
+    item_id: int,
+    result: ScreeningResult,
+    stats: RunStats,
+    progress: Progress,
+    notes: str | None = None,
+) -> None:
     state = {"ok": "done", "ungradable": "ungradable"}.get(result.status, "failed")
-    ledger.finish(item_id, state, result_json=result.to_json(), decision=result.decision, error=result.error,
-                  heatmap_png=heatmap_png(result.heatmap), bundle_sha256=screener.audit["bundle_sha256"],
-                  precision=screener.precision, timings=result.timings_ms, notes=notes)
+    ledger.finish(
+        item_id,
+        state,
+        result_json=result.to_json(),
+        decision=result.decision,
+        error=result.error,
+        heatmap_png=heatmap_png(result.heatmap),
+        bundle_sha256=screener.audit["bundle_sha256"],
+        precision=screener.precision,
+        timings=result.timings_ms,
+        notes=notes,
+    )
     stats.screened += 1
     stats.finished[state] += 1
     progress.advance(state)
@@ -298,7 +388,9 @@ def _commit(ledger: Ledger, screener: Screener, item_id: int, result: ScreeningR
 def heatmap_png(heatmap: np.ndarray | None) -> bytes | None:
     if heatmap is None:
         return None
-    small = cv2.resize(np.asarray(heatmap, np.float32), (HEATMAP_SIDE, HEATMAP_SIDE), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        np.asarray(heatmap, np.float32), (HEATMAP_SIDE, HEATMAP_SIDE), interpolation=cv2.INTER_AREA
+    )
     ok, buf = cv2.imencode(".png", np.clip(np.rint(small * 255), 0, 255).astype(np.uint8))
     return buf.tobytes() if ok else None
 

@@ -133,28 +133,63 @@ def write_csv(ledger: Ledger, root: Path, target: Path, *, key: bytes | None = N
     items, _, eye_of = _rows(ledger, root, names)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "aliases", "sha256", "state", "decision", "action", "result", "grade",
-                     "referable_probability", "probabilities", "quality_reasons", "error", "notes",
-                     "patient", "eye", "patient_decision", "bundle_sha256", "precision"])
+    writer.writerow(
+        [
+            "path",
+            "aliases",
+            "sha256",
+            "state",
+            "decision",
+            "action",
+            "result",
+            "grade",
+            "referable_probability",
+            "probabilities",
+            "quality_reasons",
+            "error",
+            "notes",
+            "patient",
+            "eye",
+            "patient_decision",
+            "bundle_sha256",
+            "precision",
+        ]
+    )
     for item in items:
         r = item.result or {}
         who = eye_of.get(item.path) or next((eye_of[p] for p in item.paths if p in eye_of), None)
-        writer.writerow([
-            names.path(item.path), ";".join(names.path(p) for p in item.paths if p != item.path),
-            item.sha256 or "", item.state, item.decision or "", names.scrub(r.get("action")), _summary(item),
-            "" if r.get("grade") is None else r["grade"],
-            "" if r.get("referable_probability") is None else f"{r['referable_probability']:.6f}",
-            json.dumps(r.get("probabilities") or {}, sort_keys=True), "; ".join(_reasons(item)),
-            names.scrub(item.error), names.scrub(item.notes),
-            names.patient(who[0].id) if who else "", who[1] if who else "", who[0].decision if who else "",
-            (r.get("audit") or {}).get("bundle_sha256", ""), (r.get("audit") or {}).get("precision", ""),
-        ])
+        writer.writerow(
+            [
+                names.path(item.path),
+                ";".join(names.path(p) for p in item.paths if p != item.path),
+                item.sha256 or "",
+                item.state,
+                item.decision or "",
+                names.scrub(r.get("action")),
+                _summary(item),
+                "" if r.get("grade") is None else r["grade"],
+                ""
+                if r.get("referable_probability") is None
+                else f"{r['referable_probability']:.6f}",
+                json.dumps(r.get("probabilities") or {}, sort_keys=True),
+                "; ".join(_reasons(item)),
+                names.scrub(item.error),
+                names.scrub(item.notes),
+                names.patient(who[0].id) if who else "",
+                who[1] if who else "",
+                who[0].decision if who else "",
+                (r.get("audit") or {}).get("bundle_sha256", ""),
+                (r.get("audit") or {}).get("precision", ""),
+            ]
+        )
     write_private(target, buf.getvalue().encode("utf-8"))
     return len(items)
 
 
 # -- HTML --------------------------------------------------------------------------------------
-def _thumbs(root: Path, item: Item, crop_to_disc: bool, max_pixels: int | None) -> tuple[str | None, str | None]:
+def _thumbs(
+    root: Path, item: Item, crop_to_disc: bool, max_pixels: int | None
+) -> tuple[str | None, str | None]:
     """(photo, heatmap overlay) as data: URIs; None where the file is gone or unreadable."""
     if item.state not in ("done", "ungradable"):
         return None, None  # failed files may be corrupt or hostile: never decode them here
@@ -191,12 +226,23 @@ def _decode_small(data: bytes, rel: str, max_pixels: int | None) -> np.ndarray |
             return None
         if arr.dtype != np.uint8:
             arr = (arr >> 8).astype(np.uint8)
-        return cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR) if arr.ndim == 2 else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+        return (
+            cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
+            if arr.ndim == 2
+            else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+        )
     flags = cv2.IMREAD_COLOR
     if sn.format == "jpeg" and sn.size is not None:
         scale = max(sn.size) / THUMB_SIDE
-        flags = (cv2.IMREAD_REDUCED_COLOR_8 if scale >= 8 else cv2.IMREAD_REDUCED_COLOR_4 if scale >= 4
-                 else cv2.IMREAD_REDUCED_COLOR_2 if scale >= 2 else cv2.IMREAD_COLOR)
+        flags = (
+            cv2.IMREAD_REDUCED_COLOR_8
+            if scale >= 8
+            else cv2.IMREAD_REDUCED_COLOR_4
+            if scale >= 4
+            else cv2.IMREAD_REDUCED_COLOR_2
+            if scale >= 2
+            else cv2.IMREAD_COLOR
+        )
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     return image
 
@@ -206,7 +252,9 @@ def _fit(image: np.ndarray, side: int) -> np.ndarray:
     f = side / max(h, w)
     if f >= 1:
         return image
-    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
+    )
 
 
 def _overlay(image: np.ndarray, heat_png: bytes, m: dict, crop_to_disc: bool) -> np.ndarray:
@@ -217,7 +265,7 @@ def _overlay(image: np.ndarray, heat_png: bytes, m: dict, crop_to_disc: bool) ->
         cx, cy, r = (m["disc_cx"] + 0.5) * s, (m["disc_cy"] + 0.5) * s, m["disc_radius"] * s
         x0, y0, side = round(cx - r), round(cy - r), max(1, round(2 * r))
         pads = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
-        crop = image[max(y0, 0):min(y0 + side, h), max(x0, 0):min(x0 + side, w)]
+        crop = image[max(y0, 0) : min(y0 + side, h), max(x0, 0) : min(x0 + side, w)]
         base = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_CONSTANT, value=0) if any(pads) else crop
         base = cv2.resize(base, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
     else:  # other modalities: the whole image, stretched to the square input
@@ -256,7 +304,9 @@ function show(d){
 """
 
 
-def write_html(ledger: Ledger, root: Path, target: Path, *, key: bytes | None = None, card=None) -> int:
+def write_html(
+    ledger: Ledger, root: Path, target: Path, *, key: bytes | None = None, card=None
+) -> int:
     names = Names(key, root)
     items, patients, _ = _rows(ledger, root, names)
     esc = html.escape
@@ -264,38 +314,53 @@ def write_html(ledger: Ledger, root: Path, target: Path, *, key: bytes | None = 
     max_pixels = card.input.max_pixels if card is not None else None
     counts = ledger.counts()
     title = "edgescreen batch report"
-    head = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{title}</title>",
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
-            f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
-            f"<h1>{title}</h1>",
-            f"<p class=small>model {esc(ledger.meta('model') or '?')} · bundle sha256 "
-            f"{esc((ledger.meta('bundle_sha256') or '?')[:16])}… · precision {esc(ledger.meta('precision') or '?')}"
-            f" · generated {time.strftime('%Y-%m-%d %H:%M:%S')} · "
-            "research and engineering evaluation only; not for clinical use</p>",
-            f"<p><b>{counts['done']}</b> screened · <b>{counts['ungradable']}</b> ungradable · "
-            f"<b>{counts['failed']}</b> failed · <b>{counts['pending']}</b> pending · "
-            f"<b>{ledger.referrals()}</b> referrals</p>"]
+    head = [
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{title}</title>",
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
+        f"<style>{_CSS}</style><script>{_JS}</script></head><body>",
+        f"<h1>{title}</h1>",
+        f"<p class=small>model {esc(ledger.meta('model') or '?')} · bundle sha256 "
+        f"{esc((ledger.meta('bundle_sha256') or '?')[:16])}… · precision {esc(ledger.meta('precision') or '?')}"
+        f" · generated {time.strftime('%Y-%m-%d %H:%M:%S')} · "
+        "research and engineering evaluation only; not for clinical use</p>",
+        f"<p><b>{counts['done']}</b> screened · <b>{counts['ungradable']}</b> ungradable · "
+        f"<b>{counts['failed']}</b> failed · <b>{counts['pending']}</b> pending · "
+        f"<b>{ledger.referrals()}</b> referrals</p>",
+    ]
     present = [d for d in _FILTERS if any((i.decision or i.state) == d for i in items)]
-    head.append("<div class=filters><button data-f=all class=on onclick=\"show('all')\">all</button>"
-                + "".join(f"<button data-f={d} onclick=\"show('{d}')\">{d}</button>" for d in present) + "</div>")
+    head.append(
+        "<div class=filters><button data-f=all class=on onclick=\"show('all')\">all</button>"
+        + "".join(f"<button data-f={d} onclick=\"show('{d}')\">{d}</button>" for d in present)
+        + "</div>"
+    )
     body = []
     if patients:
-        body.append("<h2>Patients</h2><table><tr><th>patient</th><th>eyes</th><th>decision</th><th>note</th></tr>")
+        body.append(
+            f"<details{' open' if len(patients) <= 20 else ''}><summary><b>Patients ({len(patients)})</b>"
+            "</summary><table><tr><th>patient</th><th>eyes</th><th>decision</th><th>note</th></tr>"
+        )
         for p in patients:
             eyes = ", ".join(f"{e.eye}: {e.decision or e.state}" for e in p.eyes)
-            body.append(f"<tr data-decision='{esc(p.decision)}'><td class=name>{esc(names.patient(p.id))}</td>"
-                        f"<td>{esc(eyes)}</td><td><span class='badge {esc(p.decision)}'>{esc(p.decision)}</span>"
-                        f"</td><td>{esc(p.note)}</td></tr>")
-        body.append("</table>")
-    body.append("<h2>Images</h2><table><tr><th>image</th><th>file</th><th>decision</th><th>action</th>"
-                "<th>result</th><th>quality / error</th></tr>")
+            body.append(
+                f"<tr data-decision='{esc(p.decision)}'><td class=name>{esc(names.patient(p.id))}</td>"
+                f"<td>{esc(eyes)}</td><td><span class='badge {esc(p.decision)}'>{esc(p.decision)}</span>"
+                f"</td><td>{esc(p.note)}</td></tr>"
+            )
+        body.append("</table></details>")
+    body.append(
+        "<h2>Images</h2><table><tr><th>image</th><th>file</th><th>decision</th><th>action</th>"
+        "<th>result</th><th>quality / error</th></tr>"
+    )
     for item in items:
         r = item.result or {}
         decision = item.decision or item.state
         photo, heat = _thumbs(root, item, crop, max_pixels)
-        pics = "".join(f"<img src='{u}' alt='{a}' height=100>" for u, a in ((photo, "photo"), (heat, "heatmap"))
-                       if u)
+        pics = "".join(
+            f"<img src='{u}' alt='{a}' height=100>"
+            for u, a in ((photo, "photo"), (heat, "heatmap"))
+            if u
+        )
         aliases = [names.path(p) for p in item.paths if p != item.path]
         alias_html = f"<div class=small>also: {esc(', '.join(aliases))}</div>" if aliases else ""
         detail = "; ".join(_reasons(item)) or names.scrub(item.error)
@@ -307,7 +372,8 @@ def write_html(ledger: Ledger, root: Path, target: Path, *, key: bytes | None = 
             f"<td class=name>{esc(names.path(item.path))}{alias_html}</td>"
             f"<td><span class='badge {esc(decision)}'>{esc(decision)}</span></td>"
             f"<td>{esc(names.scrub(r.get('action')) or item.state)}</td>"
-            f"<td>{esc(_summary(item))}{prob_html}</td><td>{esc(detail)}{notes}</td></tr>")
+            f"<td>{esc(_summary(item))}{prob_html}</td><td>{esc(detail)}{notes}</td></tr>"
+        )
     body.append("</table></body></html>")
     write_private(target, "\n".join(head + body).encode("utf-8"))
     return len(items)

@@ -44,7 +44,9 @@ def sniff(data: bytes, *, dicom_by_name: bool = False) -> Sniffed:
     head = data[:512]
     if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
         return Sniffed(None, problem="a text file, not an image")
-    return Sniffed(None, problem="not a supported image format (expected JPEG, PNG, TIFF, BMP, GIF or DICOM)")
+    return Sniffed(
+        None, problem="not a supported image format (expected JPEG, PNG, TIFF, BMP, GIF or DICOM)"
+    )
 
 
 def _tiff(data: bytes) -> Sniffed:
@@ -54,18 +56,22 @@ def _tiff(data: bytes) -> Sniffed:
         size, pages, seen = None, 0, set()
         while offset and offset not in seen and pages < _MAX_PAGES:
             seen.add(offset)
-            count = struct.unpack(end + "H", data[offset:offset + 2])[0]
+            count = struct.unpack(end + "H", data[offset : offset + 2])[0]
             if pages == 0:
                 tags = {}
                 for i in range(count):
-                    entry = data[offset + 2 + 12 * i:offset + 14 + 12 * i]
+                    entry = data[offset + 2 + 12 * i : offset + 14 + 12 * i]
                     tag, kind = struct.unpack(end + "HH", entry[:4])
                     if tag in (256, 257):
-                        tags[tag] = struct.unpack(end + ("H" if kind == 3 else "I"), entry[8:10 if kind == 3 else 12])[0]
+                        tags[tag] = struct.unpack(
+                            end + ("H" if kind == 3 else "I"), entry[8 : 10 if kind == 3 else 12]
+                        )[0]
                 if 256 in tags and 257 in tags:
                     size = (tags[256], tags[257])
             pages += 1
-            offset = struct.unpack(end + "I", data[offset + 2 + 12 * count:offset + 6 + 12 * count])[0]
+            offset = struct.unpack(
+                end + "I", data[offset + 2 + 12 * count : offset + 6 + 12 * count]
+            )[0]
     except struct.error:  # truncated header: let the decoder say what is wrong
         return Sniffed("tiff", None, max(pages, 1))
     return Sniffed("tiff", size, max(pages, 1))
@@ -84,7 +90,7 @@ def _gif(data: bytes) -> Sniffed:
                 i += 2
             elif block == 0x2C:  # image descriptor, optional local colour table, LZW size byte
                 frames += 1
-                fw, fh = struct.unpack("<HH", data[i + 5:i + 9])
+                fw, fh = struct.unpack("<HH", data[i + 5 : i + 9])
                 width, height = max(width, fw), max(height, fh)
                 flags = data[i + 9]
                 i += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
@@ -104,6 +110,8 @@ def pixel_limit_problem(sniffed: Sniffed, max_pixels: int | None) -> str | None:
         return None
     width, height = sniffed.size
     if width * height > max_pixels:
-        return (f"image is {width}x{height} pixels, over the limit of {max_pixels:,} "
-                "(refused before decoding)")
+        return (
+            f"image is {width}x{height} pixels, over the limit of {max_pixels:,} "
+            "(refused before decoding)"
+        )
     return None

@@ -61,23 +61,55 @@ def make_uploads(root: Path, fundus_dir: Path) -> None:
 
 def batch(root: Path, bundle: Path, db: Path, env=None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "edgescreen.runtime.batch.cli", "batch", str(root), "--bundle", str(bundle),
-         "--db", str(db), "--json", "--batch-size", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        [
+            sys.executable,
+            "-m",
+            "edgescreen.runtime.batch.cli",
+            "batch",
+            str(root),
+            "--bundle",
+            str(bundle),
+            "--db",
+            str(db),
+            "--json",
+            "--batch-size",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def snapshot(db: Path) -> dict:
     con = sqlite3.connect(db)
     items = {}
     for key, path, state, decision, error, notes, rj, heat, fmt in con.execute(
-            "SELECT key, path, state, decision, error, notes, result_json, heatmap_png, format FROM items"):
+        "SELECT key, path, state, decision, error, notes, result_json, heatmap_png, format FROM items"
+    ):
         result = json.loads(rj) if rj else None
         if result:
             result.pop("timings_ms")
-        heat = None if heat is None else cv2.imdecode(np.frombuffer(heat, np.uint8), cv2.IMREAD_UNCHANGED)
-        items[key] = dict(path=path, state=state, decision=decision, error=error, notes=notes, result=result,
-                          heat=heat, format=fmt)
-    paths = dict(con.execute("SELECT paths.path, items.key FROM paths JOIN items ON items.id = paths.item_id"))
+        heat = (
+            None
+            if heat is None
+            else cv2.imdecode(np.frombuffer(heat, np.uint8), cv2.IMREAD_UNCHANGED)
+        )
+        items[key] = dict(
+            path=path,
+            state=state,
+            decision=decision,
+            error=error,
+            notes=notes,
+            result=result,
+            heat=heat,
+            format=fmt,
+        )
+    paths = dict(
+        con.execute(
+            "SELECT paths.path, items.key FROM paths JOIN items ON items.id = paths.item_id"
+        )
+    )
     con.close()
     return {"items": items, "paths": paths}
 
@@ -123,14 +155,19 @@ def test_kill_9_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path, fund
     rng = random.Random(seed)
     db = tmp_path / "crash.sqlite"
     kills = attempts = 0
+    killed_at: list[tuple[str, int]] = []  # (how, items unfinished before the run)
     while kills < KILLS and attempts < 4 * KILLS:
         attempts += 1
         recorded, unfinished = progress(db, len(ref["items"]))
-        after_discovery = (n_files - recorded) + 1 + 2 * unfinished  # ingest, before-screen, 2 per result
+        after_discovery = (
+            (n_files - recorded) + 1 + 2 * unfinished
+        )  # ingest, before-screen, 2 per result
         if unfinished and attempts % 3 == 0:  # killed from outside after a random delay
             proc = batch(root, bundle, db)
             try:
-                proc.communicate(timeout=rng.uniform(0.3, startup_s + per_item * min(unfinished, 40)))
+                proc.communicate(
+                    timeout=rng.uniform(0.3, startup_s + per_item * min(unfinished, 40))
+                )
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.communicate()
@@ -141,8 +178,12 @@ def test_kill_9_anywhere_then_resume_matches_an_uninterrupted_run(tmp_path, fund
                 k = n_files + rng.randint(1, min(after_discovery, 80))
             proc = batch(root, bundle, db, env={"EDGESCREEN_BATCH_CRASH_AT": str(k)})
             proc.communicate(timeout=120)
-        kills += proc.returncode == -signal.SIGKILL
+        if proc.returncode == -signal.SIGKILL:
+            kills += 1
+            killed_at.append(("timer" if unfinished and attempts % 3 == 0 else "hook", unfinished))
     assert kills >= 20, f"only {kills} runs were killed (seed {seed})"
+    mid_batch = [how for how, unfinished in killed_at if unfinished]
+    assert len(mid_batch) >= 8 and mid_batch.count("timer") >= 3, killed_at
 
     proc = batch(root, bundle, db)
     out, err = proc.communicate(timeout=120)

@@ -46,7 +46,9 @@ def bundle(tmp_path_factory) -> Path:
 def uploads(tmp_path, fundus_dir) -> Path:
     root = tmp_path / "in"
     (root / "clinic a").mkdir(parents=True)
-    for i, name in enumerate(["Patient001_L.jpg", "Patient001_R.jpg", "12_left.jpeg", "12_right.png"]):
+    for i, name in enumerate(
+        ["Patient001_L.jpg", "Patient001_R.jpg", "12_left.jpeg", "12_right.png"]
+    ):
         cv2.imwrite(str(root / "clinic a" / name), fundus(i))
     real = sorted((fundus_dir / "images").glob("*.jpg"))[:3]
     for p in real:
@@ -83,14 +85,24 @@ def test_batch_screens_everything_once_with_reasons(uploads, bundle, tmp_path):
     assert stats.screened == 9 and stats.new_items == 9
     r = rows(db)
     assert {p: v["state"] for p, v in r.items()} == {
-        "clinic a/Patient001_L.jpg": "done", "clinic a/Patient001_R.jpg": "done",
-        "clinic a/12_left.jpeg": "done", "clinic a/12_right.png": "done",
+        "clinic a/Patient001_L.jpg": "done",
+        "clinic a/Patient001_R.jpg": "done",
+        "clinic a/12_left.jpeg": "done",
+        "clinic a/12_right.png": "done",
         **{p.name: "done" for p in sorted(uploads.glob("c*.jpg"))},
-        "fuzzy_photo.jpg": "ungradable", "broken.jpg": "failed"}
-    assert "broken.jpg" in r["broken.jpg"]["error"] and "not a readable image" in r["broken.jpg"]["error"]
+        "fuzzy_photo.jpg": "ungradable",
+        "broken.jpg": "failed",
+    }
+    assert (
+        "broken.jpg" in r["broken.jpg"]["error"]
+        and "not a readable image" in r["broken.jpg"]["error"]
+    )
     assert "blurred" in r["fuzzy_photo.jpg"]["result"]["action"]
     done = r["clinic a/Patient001_L.jpg"]
-    assert done["bundle_sha256"] == done["result"]["audit"]["bundle_sha256"] and done["precision"] == "fp32"
+    assert (
+        done["bundle_sha256"] == done["result"]["audit"]["bundle_sha256"]
+        and done["precision"] == "fp32"
+    )
     assert done["heatmap_png"] is not None and json.loads(done["timings_json"])["infer"] > 0
     heat = cv2.imdecode(np.frombuffer(done["heatmap_png"], np.uint8), cv2.IMREAD_UNCHANGED)
     assert heat.shape == (64, 64) and heat.dtype == np.uint8
@@ -120,15 +132,21 @@ def test_copies_are_aliases_and_changed_files_are_screened_again(uploads, bundle
     assert len({i.sha256 for i in items}) == len(items)
 
 
-def test_pending_rows_are_screened_on_resume_and_done_rows_are_not_redone(uploads, bundle, tmp_path):
+def test_pending_rows_are_screened_on_resume_and_done_rows_are_not_redone(
+    uploads, bundle, tmp_path
+):
     db = tmp_path / "r.sqlite"
     ref_db = tmp_path / "ref.sqlite"
     run(uploads, bundle, ref_db)
     run(uploads, bundle, db)
     con = sqlite3.connect(db)  # pretend a crash left two rows pending
-    con.execute("UPDATE items SET state='pending', result_json=NULL, decision=NULL "
-                "WHERE path IN ('fuzzy_photo.jpg', 'clinic a/12_left.jpeg')")
-    before = dict(con.execute("SELECT path, finished_at FROM items WHERE state != 'pending'").fetchall())
+    con.execute(
+        "UPDATE items SET state='pending', result_json=NULL, decision=NULL "
+        "WHERE path IN ('fuzzy_photo.jpg', 'clinic a/12_left.jpeg')"
+    )
+    before = dict(
+        con.execute("SELECT path, finished_at FROM items WHERE state != 'pending'").fetchall()
+    )
     con.commit()
     con.close()
     stats = run(uploads, bundle, db)
@@ -180,8 +198,21 @@ def test_no_network_during_a_batch(uploads, bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     out = tmp_path / "x"
     out.mkdir()
-    code = batch_main(["batch", str(uploads), "--bundle", str(bundle), "--db", str(out / "r.sqlite"),
-                       "--report", str(out / "r.html"), "--csv", str(out / "r.csv"), "--json"])
+    code = batch_main(
+        [
+            "batch",
+            str(uploads),
+            "--bundle",
+            str(bundle),
+            "--db",
+            str(out / "r.sqlite"),
+            "--report",
+            str(out / "r.html"),
+            "--csv",
+            str(out / "r.csv"),
+            "--json",
+        ]
+    )
     assert code == 1  # broken.jpg failed
 
 
@@ -204,13 +235,28 @@ class _Rows(html.parser.HTMLParser):
 
 
 def test_report_csv_and_pseudonymisation(uploads, bundle, tmp_path, capsys):
-    (uploads / "clinic a" / "patients.csv").write_text("file,patient,eye\nPatient001_L.jpg,P-0001,L\n")
-    shutil.copy(uploads / "fuzzy_photo.jpg", uploads / "clinic a" / "P0001_right.jpg")  # ungradable eye
+    (uploads / "clinic a" / "patients.csv").write_text(
+        "file,patient,eye\nPatient001_L.jpg,P-0001,L\n"
+    )
+    shutil.copy(
+        uploads / "fuzzy_photo.jpg", uploads / "clinic a" / "P0001_right.jpg"
+    )  # ungradable eye
     out = tmp_path / "exports"
     out.mkdir()
     db, report, table = out / "r.sqlite", out / "r.html", out / "r.csv"
-    argv = ["batch", str(uploads), "--bundle", str(bundle), "--db", str(db), "--report", str(report),
-            "--csv", str(table), "--json"]
+    argv = [
+        "batch",
+        str(uploads),
+        "--bundle",
+        str(bundle),
+        "--db",
+        str(db),
+        "--report",
+        str(report),
+        "--csv",
+        str(table),
+        "--json",
+    ]
     assert batch_main(argv) == 1
     summary = json.loads(capsys.readouterr().out)
     assert (summary["done"], summary["ungradable"], summary["failed"]) == (7, 1, 1)
@@ -218,7 +264,10 @@ def test_report_csv_and_pseudonymisation(uploads, bundle, tmp_path, capsys):
     parser.feed(report.read_text())
     assert len(parser.rows) == 9 and parser.scripts == 1  # inline only
     assert {r["data-decision"] for r in parser.rows} >= {"ungradable", "failed"}
-    assert all(src.startswith("data:image/jpeg;base64,") for src in parser.imgs) and len(parser.imgs) >= 15
+    assert (
+        all(src.startswith("data:image/jpeg;base64,") for src in parser.imgs)
+        and len(parser.imgs) >= 15
+    )
     text = " ".join(parser.text)
     assert "Patient001_R.jpg" in text and "could not screen" in text
     with open(table, newline="") as fh:
@@ -253,7 +302,7 @@ def test_report_csv_and_pseudonymisation(uploads, bundle, tmp_path, capsys):
 
 
 def test_patients_worse_eye_decides():
-    class I:
+    class Row:
         def __init__(self, path, state, decision):
             self.paths, self.path, self.state, self.decision = [path], path, state, decision
 
@@ -261,10 +310,17 @@ def test_patients_worse_eye_decides():
     assert eye_from_name("12_left.jpeg") == ("12", "left")
     assert eye_from_name("anna OD.png") == ("anna", "right")
     assert eye_from_name("scan.png") is None
-    patients = group([I("a_L.jpg", "done", "rescreen"), I("a_R.jpg", "done", "urgent"),
-                      I("b_L.jpg", "done", "none"), I("b_R.jpg", "ungradable", "ungradable"),
-                      I("c_left.jpg", "failed", "failed"), I("d/a_L.jpg", "done", "routine")],
-                     Path("/nonexistent"))
+    patients = group(
+        [
+            Row("a_L.jpg", "done", "rescreen"),
+            Row("a_R.jpg", "done", "urgent"),
+            Row("b_L.jpg", "done", "none"),
+            Row("b_R.jpg", "ungradable", "ungradable"),
+            Row("c_left.jpg", "failed", "failed"),
+            Row("d/a_L.jpg", "done", "routine"),
+        ],
+        Path("/nonexistent"),
+    )
     by_id = {p.id: p for p in patients}
     assert by_id["a"].decision == "urgent"
     assert by_id["b"].decision == "none" and by_id["b"].note == "right eye ungradable: retake"

@@ -51,28 +51,57 @@ def bundle(tmp_path_factory) -> Path:
 
 def png_header_bomb(width: int, height: int) -> bytes:
     """A valid small PNG whose header claims width x height (a decompression-bomb shape)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
+    )
 
 
 def tiff_header(width: int, height: int) -> bytes:
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, width * height)]
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHI", t, k, n) + (struct.pack("<HH", v, 0) if k == 3 else struct.pack("<I", v))
-        for t, k, n, v in entries) + struct.pack("<I", 0)
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, width * height),
+    ]
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(
+            struct.pack("<HHI", t, k, n)
+            + (struct.pack("<HH", v, 0) if k == 3 else struct.pack("<I", v))
+            for t, k, n, v in entries
+        )
+        + struct.pack("<I", 0)
+    )
     return b"II*\x00" + struct.pack("<I", 8) + ifd
 
 
 def bmp_header(width: int, height: int) -> bytes:
-    return (b"BM" + struct.pack("<IHHI", (54 + 3 * width * height) & 0xFFFFFFFF, 0, 0, 54)
-            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0) + b"\0" * 64)
+    return (
+        b"BM"
+        + struct.pack("<IHHI", (54 + 3 * width * height) & 0xFFFFFFFF, 0, 0, 54)
+        + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+        + b"\0" * 64
+    )
 
 
-def dicom_bytes(pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", window=None, frames: int = 1) -> bytes:
+def dicom_bytes(
+    pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", window=None, frames: int = 1
+) -> bytes:
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -83,7 +112,10 @@ def dicom_bytes(pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", 
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
     ds.Modality = "DX"
     ds.PatientName = "Test^Patient"
     if pixels is not None:
@@ -129,7 +161,9 @@ def corpus(tmp_path, fundus_dir) -> tuple[Path, dict[str, tuple[str, str]]]:
     case("truncated.jpg", real[: len(real) // 2], "failed", "not a readable image")
     png = cv2.imencode(".png", photo)[1].tobytes()
     case("truncated.png", png[: len(png) // 2], "failed", "not a readable image")
-    case("random.png", np.random.default_rng(0).bytes(5000), "failed", "not a supported image format")
+    case(
+        "random.png", np.random.default_rng(0).bytes(5000), "failed", "not a supported image format"
+    )
     case("notes.jpg", b"patient list\nsee attached\n", "failed", "a text file")
     case("sixteen_bit.png", photo.astype(np.uint16) * 257, "done", "")
     case("rgba.png", cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA), "done", "")
@@ -140,13 +174,24 @@ def corpus(tmp_path, fundus_dir) -> tuple[Path, dict[str, tuple[str, str]]]:
     case("bomb.tif", tiff_header(50000, 50000), "failed", "50000x50000 pixels, over the limit")
     case("bomb.bmp", bmp_header(40000, 40000), "failed", "40000x40000 pixels, over the limit")
     ok, multi = cv2.imencodemulti(".tiff", [photo, photo[::-1]])
-    case("multipage.tiff", multi.tobytes(), "done", "multi-page TIFF (2 frames): the first frame was screened")
+    case(
+        "multipage.tiff",
+        multi.tobytes(),
+        "done",
+        "multi-page TIFF (2 frames): the first frame was screened",
+    )
     case("photo.bmp", photo, "done", "", ".bmp")
     case("no_pixels.dcm", dicom_bytes(None), "failed", "has no pixel data")
     dcm = dicom_bytes(np.full((300, 300), 900))
     case("corrupt.dcm", dcm[:200] + os.urandom(300), "failed", "DICOM")
-    case("chest.dcm", dicom_bytes(np.tile(np.arange(300) * 13, (300, 1)), photometric="MONOCHROME1",
-                                  window=(2000, 3000)), "ungradable", "no fundus found")
+    case(
+        "chest.dcm",
+        dicom_bytes(
+            np.tile(np.arange(300) * 13, (300, 1)), photometric="MONOCHROME1", window=(2000, 3000)
+        ),
+        "ungradable",
+        "no fundus found",
+    )
     case("dir with space/ünï cödé\nnewline.jpg", fundus(3), "done", "", ".jpg")
     case("folder.jpg/inside.png", fundus(4), "done", "")
     case(".hidden.jpg", photo, "ignored", "")
@@ -178,9 +223,17 @@ def test_bad_inputs_each_get_a_row_with_a_reason(corpus, bundle, tmp_path, monke
     db = tmp_path / "r.sqlite"
     run_batch(BatchOptions(in_dir=root, bundle=bundle, db=db, batch_size=4))
     con = sqlite3.connect(db)
-    items = {p: (s, e or "", n or "", rj) for p, s, e, n, rj in
-             con.execute("SELECT path, state, error, notes, result_json FROM items")}
-    paths = dict(con.execute("SELECT paths.path, items.path FROM paths JOIN items ON items.id = paths.item_id"))
+    items = {
+        p: (s, e or "", n or "", rj)
+        for p, s, e, n, rj in con.execute(
+            "SELECT path, state, error, notes, result_json FROM items"
+        )
+    }
+    paths = dict(
+        con.execute(
+            "SELECT paths.path, items.path FROM paths JOIN items ON items.id = paths.item_id"
+        )
+    )
     for name, (state, words) in expect.items():
         if state == "ignored":
             assert name not in paths, name
@@ -193,7 +246,10 @@ def test_bad_inputs_each_get_a_row_with_a_reason(corpus, bundle, tmp_path, monke
         assert got_state == state, (name, got_state, error, result_json[:300])
         assert words in error + notes + result_json, (name, error, notes)
         if state == "failed":
-            assert name.split("/")[-1].split("\n")[0] in error, (name, error)  # the reason names the file
+            assert name.split("/")[-1].split("\n")[0] in error, (
+                name,
+                error,
+            )  # the reason names the file
     assert len(items) == len([s for s, _ in expect.values() if s not in ("ignored", "alias")])
 
 
@@ -212,7 +268,10 @@ def test_exif_rotation_is_applied(tmp_path, bundle):
     import json
 
     con = sqlite3.connect(db)
-    rows = {p: (s, json.loads(rj)) for p, s, rj in con.execute("SELECT path, state, result_json FROM items")}
+    rows = {
+        p: (s, json.loads(rj))
+        for p, s, rj in con.execute("SELECT path, state, result_json FROM items")
+    }
     state, result = rows["rotated.jpg"]
     m = result["quality"]["measurements"]
     assert (m["width"], m["height"]) == (288, 320), "EXIF orientation was not applied"
@@ -223,7 +282,9 @@ def test_exif_rotation_is_applied(tmp_path, bundle):
 def test_dicom_monochrome1_is_inverted_and_windowed():
     ramp = np.tile(np.arange(256) * 16, (64, 1))  # 0..4080 left to right
     mono2, note = decode_dicom(dicom_bytes(ramp, window=(2048, 2048)), "x.dcm")
-    mono1, _ = decode_dicom(dicom_bytes(ramp, photometric="MONOCHROME1", window=(2048, 2048)), "x.dcm")
+    mono1, _ = decode_dicom(
+        dicom_bytes(ramp, photometric="MONOCHROME1", window=(2048, 2048)), "x.dcm"
+    )
     assert note is None and mono2.dtype == np.uint16 and mono2.shape == (64, 256)
     assert mono2[0, 0] < mono2[0, -1] and mono1[0, 0] > mono1[0, -1]  # inverted
     assert np.array_equal(mono1.astype(np.int64), 65535 - mono2.astype(np.int64))
@@ -244,6 +305,9 @@ def test_sniff_formats():
     assert sniff(gif).format == "gif" and sniff(gif).size == (50, 40) and sniff(gif).pages == 1
     if hasattr(cv2, "imencodeanimation"):
         anim = cv2.Animation()
-        anim.frames, anim.durations = [fundus(0)[:40, :50], fundus(1)[:40, :50], fundus(2)[:40, :50]], [100] * 3
+        anim.frames, anim.durations = (
+            [fundus(0)[:40, :50], fundus(1)[:40, :50], fundus(2)[:40, :50]],
+            [100] * 3,
+        )
         ok, buf = cv2.imencodeanimation(".gif", anim)
         assert ok and sniff(buf.tobytes()).pages == 3

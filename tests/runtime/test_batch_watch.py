@@ -30,7 +30,7 @@ def slow_copy(src: Path, dst: Path, chunks: int = 5, pause: float = 0.08) -> Non
     step = len(data) // chunks + 1
     with open(dst, "wb") as fh:
         for i in range(0, len(data), step):
-            fh.write(data[i:i + step])
+            fh.write(data[i : i + step])
             fh.flush()
             time.sleep(pause)
 
@@ -40,7 +40,9 @@ def states(db: Path) -> list[tuple]:
         return []
     con = sqlite3.connect(db, timeout=10)
     try:
-        return con.execute("SELECT path, state, sha256, result_json FROM items ORDER BY path").fetchall()
+        return con.execute(
+            "SELECT path, state, sha256, result_json FROM items ORDER BY path"
+        ).fetchall()
     except sqlite3.OperationalError:
         return []
     finally:
@@ -63,8 +65,13 @@ def test_watch_screens_slow_uploads_once_and_complete(tmp_path, bundle, fundus_d
     db = tmp_path / "r.sqlite"
     stop = threading.Event()
     stats = {}
-    worker = threading.Thread(target=lambda: stats.update(s=run_batch(
-        BatchOptions(in_dir=root, bundle=bundle, db=db, watch=True, poll_s=0.25), stop=stop)))
+    worker = threading.Thread(
+        target=lambda: stats.update(
+            s=run_batch(
+                BatchOptions(in_dir=root, bundle=bundle, db=db, watch=True, poll_s=0.25), stop=stop
+            )
+        )
+    )
     worker.start()
     try:
         for p in photos[:3]:  # partial writes, with pauses shorter than a poll
@@ -95,9 +102,28 @@ def test_sigterm_stops_watch_cleanly(tmp_path, bundle, fundus_dir):
     old = time.time() - 10
     for f in root.iterdir():
         os.utime(f, (old, old))
-    proc = subprocess.Popen([sys.executable, "-m", "edgescreen.runtime.batch.cli", "batch", str(root),
-                             "--bundle", str(bundle), "--db", str(db), "--watch", "--poll", "0.2", "--json",
-                             "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgescreen.runtime.batch.cli",
+            "batch",
+            str(root),
+            "--bundle",
+            str(bundle),
+            "--db",
+            str(db),
+            "--watch",
+            "--poll",
+            "0.2",
+            "--json",
+            "--batch-size",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for(lambda: any(r[1] == "done" for r in states(db)), 60)
         proc.send_signal(signal.SIGTERM)
@@ -112,6 +138,20 @@ def test_sigterm_stops_watch_cleanly(tmp_path, bundle, fundus_dir):
     for _, state, _, result in rows:  # finished or pending, never half-written
         assert (state == "pending") == (result is None)
     # rerunning finishes the rest
-    subprocess.run([sys.executable, "-m", "edgescreen.runtime.batch.cli", "batch", str(root), "--bundle",
-                    str(bundle), "--db", str(db), "--json"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgescreen.runtime.batch.cli",
+            "batch",
+            str(root),
+            "--bundle",
+            str(bundle),
+            "--db",
+            str(db),
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert [r[1] for r in states(db)] == ["done"] * 40

@@ -254,7 +254,7 @@ def test_m2cnn_grow_keeps_predictions_and_adds_depth():
         for _ in range(3):
             cell0.train()(tiny_input("m2cnn", n=4, seed=_))
     cell0.eval()
-    cell1 = grow(cell0).eval()
+    cell1 = cell0.grow().eval()  # the method a config's `before: grow` stage hook calls
     cell2 = grow(cell1).eval()
     assert cell0.depth < cell1.depth < cell2.depth
     assert cell0.input_size < cell1.input_size < cell2.input_size == 128

@@ -145,9 +145,9 @@ def test_finding_is_drawn_on_the_same_anatomy() -> None:
 # ---------------------------------------------------------------- labels are in the pixels
 
 
-def _fit_score(x: np.ndarray, y: np.ndarray) -> float:
+def _fit_score(x: np.ndarray, y: np.ndarray, c: float = 0.5) -> float:
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.35, random_state=0, stratify=y)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=c))
     score = clf.fit(xtr, ytr).score(xte, yte)
     print(f"held-out accuracy {score:.3f}")
     return score
@@ -201,13 +201,13 @@ def test_oct_normal_vs_cnv_separable() -> None:
 
 
 def test_cxr_cardiomegaly_vs_no_finding_separable() -> None:
-    size, n = 128, 50
+    # Downsampled pixels are enough: the enlarged heart fills the lower-middle of the film.
+    size, n = 128, 100
     x, y = [], []
     for i in range(2 * n):
         sick = i % 2 == 1
-        img = generate_cxr(
-            image_rng(300, "cxr", i), frozenset({"Cardiomegaly"} if sick else ()), size
-        )
-        x.append(cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).ravel() / 255.0)
+        findings = frozenset({"Cardiomegaly"} if sick else ())
+        img = generate_cxr(image_rng(300, "cxr", i), findings, size)
+        x.append(cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA).ravel() / 255.0)
         y.append(int(sick))
-    assert _fit_score(np.array(x), np.array(y)) >= 0.9
+    assert _fit_score(np.array(x), np.array(y), c=0.1) >= 0.9

@@ -96,6 +96,11 @@ class M2CNN(nn.Module):
         """Number of residual blocks."""
         return sum(len(g) for g in self.groups)
 
+    def grow(self) -> M2CNN:
+        """The next cell (see the module function ``grow``); a method so a training
+        config's stage hook (``before: grow``) can call it by name."""
+        return grow(self)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.groups(self.stem(x))
         feat = fmap.mean(dim=(2, 3))

@@ -1,0 +1,120 @@
+"""End-to-end screening throughput on real photos, and how close it is to its bounds.
+
+Four numbers from one run, side by side:
+- runtime: `Screener.screen_many` (decode + quality gate + preprocessing in a thread pool
+  overlapping batched inference), the way `edgescreen screen`/`batch` run;
+- naive: PIL decode, the same preprocessing, one eager PyTorch FP32 call per image — what
+  a notebook does;
+- decode-only: decode + quality gate + preprocessing alone, with the runtime's threads;
+- infer-only: the backend alone on preprocessed batches.
+The runtime cannot beat the slower of the two bounds; its ratio to that bound says how
+much the overlap leaves on the table.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgescreen.runtime.imageio import load_image
+from edgescreen.runtime.preprocess import find_fundus_disc, preprocess
+from edgescreen.runtime.quality import assess_quality
+from edgescreen.runtime.screen import Screener
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def runtime_pipeline(bundle: Path, images: list[Path], *, precision: str, threads: int, workers: int,
+                     batch_size: int) -> dict[str, Any]:
+    with Screener(bundle, precision=precision, backend="onnxruntime", threads=threads, workers=workers) as s:
+        list(s.screen_many(images[:batch_size], batch_size=batch_size))  # warm-up
+        start = time.perf_counter()
+        results = list(s.screen_many(images, batch_size=batch_size))
+        seconds = time.perf_counter() - start
+    return {"images": len(images), "seconds": seconds, "images_per_s": _rate(len(images), seconds),
+            "ok": sum(r.status == "ok" for r in results), "precision": precision, "batch_size": batch_size}
+
+
+def decode_only(bundle: Path, images: list[Path], *, workers: int) -> dict[str, Any]:
+    from edgescreen.runtime.card import load_card
+
+    card = load_card(bundle)
+
+    def prepare(path: Path) -> np.ndarray:
+        image = load_image(path)
+        disc = find_fundus_disc(image) if card.modality == "fundus" else None
+        assess_quality(image, card.modality, card.quality, disc=disc)
+        return preprocess(image, card.preprocessing, disc=disc)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        start = time.perf_counter()
+        tensors = list(pool.map(prepare, images))
+        seconds = time.perf_counter() - start
+    return {"images": len(images), "seconds": seconds, "images_per_s": _rate(len(images), seconds),
+            "tensors": tensors}
+
+
+def infer_only(bundle: Path, tensors: list[np.ndarray], *, precision: str, threads: int,
+               batch_size: int) -> dict[str, Any]:
+    from edgescreen.runtime.backends import load_backend
+    from edgescreen.runtime.card import load_card
+    from edgescreen.runtime.screen import select_artifact
+
+    card = load_card(bundle)
+    _, artifact = select_artifact(card, precision, "onnxruntime")
+    backend = load_backend("onnxruntime", bundle / artifact.file, threads=threads, device="cpu")
+    batches = [np.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    backend.infer(batches[0])
+    start = time.perf_counter()
+    for b in batches:
+        backend.infer(b)
+    seconds = time.perf_counter() - start
+    return {"images": len(tensors), "seconds": seconds, "images_per_s": _rate(len(tensors), seconds)}
+
+
+def naive_pipeline(checkpoint: Path, images: list[Path], *, threads: int) -> dict[str, Any]:
+    import torch
+    from PIL import Image
+
+    from edgescreen.train.checkpoint import load_trained
+
+    torch.set_num_threads(threads)
+    trained = load_trained(checkpoint)
+    model, cfg = trained.model, trained.card.preprocessing
+
+    def one(path: Path):
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+        with torch.inference_mode():
+            return model(torch.from_numpy(preprocess(array, cfg))[None])
+
+    one(images[0])  # warm-up
+    start = time.perf_counter()
+    for path in images:
+        one(path)
+    seconds = time.perf_counter() - start
+    return {"images": len(images), "seconds": seconds, "images_per_s": _rate(len(images), seconds)}
+
+
+def run_pipeline(bundle: Path, images: list[Path], *, checkpoint: Path | None, precision: str = "int8",
+                 threads: int = 2, workers: int = 2, batch_size: int = 8) -> dict[str, Any]:
+    result: dict[str, Any] = {"images": len(images), "precision": precision, "threads": threads,
+                              "workers": workers, "batch_size": batch_size}
+    result["runtime"] = runtime_pipeline(bundle, images, precision=precision, threads=threads, workers=workers,
+                                         batch_size=batch_size)
+    decoded = decode_only(bundle, images, workers=workers)
+    tensors = decoded.pop("tensors")
+    result["decode_only"] = decoded
+    result["infer_only"] = infer_only(bundle, tensors, precision=precision, threads=threads, batch_size=batch_size)
+    bound = min(result["decode_only"]["images_per_s"], result["infer_only"]["images_per_s"])
+    result["runtime_vs_bound"] = result["runtime"]["images_per_s"] / bound
+    if checkpoint is not None:
+        result["naive"] = naive_pipeline(checkpoint, images, threads=threads)
+        result["runtime_vs_naive"] = result["runtime"]["images_per_s"] / result["naive"]["images_per_s"]
+    return result
