@@ -292,6 +292,7 @@ img{border-radius:4px;margin-right:4px}
 .failed{background:#424242}.pending{background:#9e9e9e}
 .filters button{margin:0 4px 8px 0;padding:4px 10px;border:1px solid #999;border-radius:4px;background:#fff;cursor:pointer}
 .filters button.on{background:#222;color:#fff}
+td:first-child{white-space:nowrap}
 .small{color:#666;font-size:12px}.name{word-break:break-all;max-width:22em}
 """
 

@@ -643,15 +643,13 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     cage = (adu < hw) & (v > apex)
     right = du < 0  # the patient's right is the image left
 
-    def dome(c, base, h):
-        # lateral ends dip below the costophrenic level: sharp, deep angles
-        return base - h * np.clip(1.0 - ((u - c) / 0.2) ** 2, -0.5, 1)
+    def diaphragm(uu):
+        # Two domes; their lateral ends dip below the costophrenic level: sharp, deep angles.
+        r = np.clip(1.0 - ((uu - mid + wc * 0.45) / 0.2) ** 2, -0.5, 1)
+        left = np.clip(1.0 - ((uu - mid - wc * 0.45) / 0.2) ** 2, -0.5, 1)
+        return np.where(uu < mid, cp - el_r - dome_h * r, cp + ldrop - el_l - dome_h * left)
 
-    diaph = np.where(
-        right,
-        dome(mid - wc * 0.45, cp - el_r, dome_h),
-        dome(mid + wc * 0.45, cp + ldrop - el_l, dome_h),
-    )
+    diaph = diaphragm(u)
     # Heart: about 1/3 right of the midline, 2/3 left, apex tilted down towards the left.
     hwid = ctr * wc
     heart_m = np.zeros((S, S), np.uint8)
@@ -665,29 +663,36 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     lungf = lung.astype(np.float32)
     lungb = _blur(lungf, 1.5 * k)
 
-    # Body: soft tissue thinning towards the flanks; air above the shoulders and beside the neck.
-    body = np.zeros((S, S), np.float32)
+    # Smooth layers at half resolution, then upsampled: soft tissue thinning towards the
+    # flanks (air above the shoulders and beside the neck), abdomen, trachea, spine, gastric
+    # bubble (one shared blur), and the lungs' shading: darkest in the mid zones, while
+    # apices, bases and the periphery carry soft tissue.
+    n2 = max(S // 2, 16)
+    g2u, g2v = _grid(n2)
+    u2, v2 = g2u[:1, :], g2v[:, :1]
+    adu2, hw2 = np.abs(u2 - mid), half_width(v2)
+    body = np.zeros((n2, n2), np.float32)
     sh = anat.uniform(0.06, 0.12)
     outline = [(mid - 0.09, -0.01), (mid - 0.11, sh * 0.7), (mid - 0.28, sh), (mid - body_w, sh + 0.08),
                (mid - body_w - 0.02, 1.01), (mid + body_w + 0.02, 1.01), (mid + body_w, sh + 0.08),
                (mid + 0.28, sh), (mid + 0.11, sh * 0.7), (mid + 0.09, -0.01)]  # fmt: skip
-    cv2.fillPoly(body, [_pts([(x * S, y * S) for x, y in outline])], 1.0, _AA, _SHIFT)
-    # Soft-edged structures share one blur: body, abdomen, trachea, spine, gastric bubble.
-    soft = body * (tissue * (1.0 - 0.35 * np.minimum((adu / body_w) ** 2, 1.0)))
-    soft += 0.07 * ((v > diaph) & (adu < hw + 0.03))  # abdomen below the domes
-    gb = np.zeros((S, S), np.float32)  # air: the trachea, and a gastric bubble under the left dome
-    _line(gb, [(mid * S, 0), (mid * S, 0.34 * S)], 0.10, 0.028 * S)
+    cv2.fillPoly(body, [_pts([(x * n2, y * n2) for x, y in outline])], 1.0, _AA, _SHIFT)
+    soft = body * (tissue * (1.0 - 0.35 * np.minimum((adu2 / body_w) ** 2, 1.0)))
+    soft += 0.07 * ((v2 > diaphragm(u2)) & (adu2 < hw2 + 0.03))  # abdomen below the domes
+    gb = np.zeros((n2, n2), np.float32)  # air: the trachea, and a gastric bubble
+    _line(gb, [(mid * n2, 0), (mid * n2, 0.34 * n2)], 0.10, 0.028 * n2)
     ph = anat.uniform(0, 1)
-    soft += (0.04 * (adu < 0.032)) * (0.6 + 0.4 * (np.cos((v - ph) * (2 * np.pi / 0.05)) > -0.6))
-    c = ((mid + wc * 0.45) * S, (cp + ldrop + 0.04) * S)
-    _ellipse(gb, c, (0.04 * S, 0.025 * S), 0, 0.15 * anat.uniform(0.3, 1.0))
+    soft += (0.04 * (adu2 < 0.032)) * (0.6 + 0.4 * (np.cos((v2 - ph) * (2 * np.pi / 0.05)) > -0.6))
+    c = ((mid + wc * 0.45) * n2, (cp + ldrop + 0.04) * n2)
+    _ellipse(gb, c, (0.04 * n2, 0.025 * n2), 0, 0.15 * anat.uniform(0.3, 1.0))
     soft -= gb
-    D = _blur(soft, 1.8 * k)
-
-    # Lungs: darkest in the mid zones; apices, bases and the periphery carry soft tissue.
-    shade = 1.0 - 0.35 * _exp(-(((v - apex) / 0.07) ** 2)) - 0.25 * np.clip((v - 0.55) / 0.3, 0, 1)
-    shade = shade - 2.5 * np.clip(adu - hw + 0.08, 0, 0.08)  # (1,S) - (S,1): the one 2-D op
-    shade += 0.06 * _lowfreq(anat, S, 4)
+    D = cv2.resize(_blur(soft, 1.8 * k * n2 / S), (S, S), interpolation=cv2.INTER_LINEAR)
+    shade = (
+        1.0 - 0.35 * _exp(-(((v2 - apex) / 0.07) ** 2)) - 0.25 * np.clip((v2 - 0.55) / 0.3, 0, 1)
+    )
+    shade = shade - 2.5 * np.clip(adu2 - hw2 + 0.08, 0, 0.08)
+    shade += 0.06 * _lowfreq(anat, n2, 4)
+    shade = cv2.resize(shade, (S, S), interpolation=cv2.INTER_LINEAR)
     shade *= lungb
     LD = shade * lung_dark  # how much the lungs lighten the film; opacities fill it back
     D -= LD
@@ -758,14 +763,20 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     def pick_side() -> int:
         return -1 if fnd.random() < 0.5 else 1
 
-    def lung_point(sel: np.ndarray | None = None) -> tuple[float, float]:
-        st = max(1, S // 64)
-        m = lung if sel is None else lung & sel
-        ys, xs = np.nonzero(m[::st, ::st])
+    def lung_points(n: int = 1, sel: np.ndarray | None = None) -> list[tuple[float, float]]:
+        st = max(1, S // 64)  # candidates on a coarse lattice, jittered
+        m = lung[::st, ::st] if sel is None else (lung & sel)[::st, ::st]
+        ys, xs = np.nonzero(m)
         if len(ys) == 0:
-            return mid * S, 0.5 * S
-        i = fnd.integers(0, len(ys))
-        return float(xs[i] * st), float(ys[i] * st)
+            return [(mid * S, 0.5 * S)] * n
+        i = fnd.integers(0, len(ys), n)
+        jit = fnd.uniform(0, st, (n, 2))
+        return list(
+            zip((xs[i] * st + jit[:, 0]).tolist(), (ys[i] * st + jit[:, 1]).tolist(), strict=True)
+        )
+
+    def lung_point(sel: np.ndarray | None = None) -> tuple[float, float]:
+        return lung_points(1, sel)[0]
 
     if has("Pneumothorax"):  # lucent rim without markings, thin visceral pleural line
         s = pick_side()
@@ -864,13 +875,16 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
     if has("Fibrosis"):  # reticular lines and small cysts in the basal and peripheral lung
         fm = np.zeros((S, S), np.float32)
         per = (adu > hw - 0.12) | (v > diaph - 0.15)
-        for _ in range(int(fnd.integers(60, 100))):
-            x, y = lung_point(per)
-            a = fnd.uniform(0, math.pi)
-            ln = S * fnd.uniform(0.015, 0.035)
-            _line(fm, [(x, y), (x + ln * math.cos(a), y + ln * math.sin(a))], 1.0, 1)
-            if fnd.random() < 0.3:
-                _circle(fm, (x, y), S * 0.008, 1.0, 1)
+        n = int(fnd.integers(60, 100))
+        ang = fnd.uniform(0, math.pi, n)
+        ln = S * fnd.uniform(0.015, 0.035, n)
+        p0 = np.array(lung_points(n, per))
+        p1 = p0 + np.stack([ln * np.cos(ang), ln * np.sin(ang)], 1)
+        cv2.polylines(
+            fm, list(_pts(np.stack([p0, p1], 1)).reshape(n, 2, 1, 2)), False, 1.0, 1, _AA, _SHIFT
+        )
+        for q in p0[fnd.random(n) < 0.3].tolist():  # honeycomb cysts
+            _circle(fm, q, S * 0.008, 1.0, 1)
         F += 0.22 * fm * lungb
     if has("Pleural_Thickening"):  # a smooth bright band inside the lateral chest wall
         for s in [-1, 1] if fnd.random() < 0.3 else [pick_side()]:
