@@ -178,7 +178,9 @@ def _add_stage_commands(sub) -> None:
     """Commands of the other stages, when their packages are installed; each module is import-light."""
     import importlib
 
-    for module, fn in (("edgescreen.train.cli", "add_train_command"),
+    for module, fn in (("edgescreen.runtime.batch.cli", "add_batch_command"),
+                       ("edgescreen.train.cli", "add_train_command"),
+                       ("edgescreen.benchmarks.cli", "add_bench_command"),
                        ("edgescreen.export.trt", "add_engine_command"),
                        ("edgescreen.runtime.golden", "add_selftest_command")):
         try:

@@ -744,7 +744,7 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
 
     for sgn in (-1, 1):
         hx, hy = (mid + sgn * 0.085) * S, 0.40 * S
-        for a in np.linspace(-1.2, 1.2, 6):
+        for a in np.linspace(-1.2, 1.2, 5):
             ang = (math.pi if sgn < 0 else 0.0) + sgn * a + anat.normal(0, 0.1)
             roots.append((hx, hy, ang, 2.4 * k, 0.2 * S, 0.0, 0))
     segs = _forest(anat, roots, step, anywhere, 3, wiggle=0.18)

@@ -1,0 +1,81 @@
+"""Explicit-quantization INT8 ONNX (QuantizeLinear/DequantizeLinear) in two forms.
+
+- `tensorrt`: S8 activations with symmetric ranges, S8 per-channel symmetric weights, float
+  biases, Q/DQ only around the ops TensorRT fuses into INT8 kernels. What TensorRT's
+  explicit-quantization path expects (zero points 0).
+- `cpu`: U8 activations (asymmetric), S8 per-channel weights, int32 biases, every op ORT has
+  a QDQ kernel for: what x86 ONNX Runtime's fused QLinear kernels run fast.
+
+Both read the same cached activation ranges (calibration.py), so they share one
+calibration; only how the ranges become scales differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+TARGETS = ("tensorrt", "cpu")
+TRT_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool",
+           "MaxPool", "Concat"]
+
+
+def model_for_quantization(fp32_onnx: str | Path, dst: str | Path) -> str:
+    """The graph calibrated and quantized: the FP32 file as exported (BN already folded)."""
+    shutil.copyfile(fp32_onnx, dst)
+    return str(dst)
+
+
+def quantize(fp32_onnx: str | Path, out: str | Path, *, target: str, method: str, cache_file: Path,
+             nodes_to_exclude: Sequence[str] = ()) -> Path:
+    """Write the INT8 Q/DQ model for `target` from the ranges in `cache_file`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from .calibration import _ort_method
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}")
+    trt = target == "tensorrt"
+    extra = {
+        "ActivationSymmetric": trt,
+        "WeightSymmetric": True,
+        "QuantizeBias": not trt,  # TensorRT keeps biases in float and fuses them itself
+        "ForceQuantizeNoInputCheck": False,
+    }
+    src = onnx.load(str(fp32_onnx))
+    props = [(p.key, p.value) for p in src.metadata_props]
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ORT warns about optional pre-processing on every call
+    try:
+        quantize_static(
+            str(fp32_onnx), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=TRT_OPS if trt else None, per_channel=True, reduce_range=False,
+            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(nodes_to_exclude), calibrate_method=_ort_method(method),
+            extra_options=extra, calibration_cache_path=str(cache_file),
+        )
+    finally:
+        logging.getLogger().setLevel(level)
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    for key, value in (*props, ("edgescreen.quantization", f"int8 qdq target={target} method={method}")):
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return Path(out)
+
+
+def qdq_summary(path: str | Path) -> dict:
+    """Counts of Q/DQ nodes and the activation scales (name -> scale), for tests and reports."""
+    model = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    scales = {n.input[0]: float(np.ravel(inits[n.input[1]])[0]) for n in q if n.input[1] in inits}
+    zero_types = sorted({str(inits[n.input[2]].dtype) for n in q if len(n.input) > 2 and n.input[2] in inits})
+    return {"quantize": len(q), "dequantize": len(dq), "activation_scales": scales, "zero_point_types": zero_types}
