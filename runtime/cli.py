@@ -181,6 +181,7 @@ def _add_stage_commands(sub) -> None:
     for module, fn in (("edgescreen.runtime.batch.cli", "add_batch_command"),
                        ("edgescreen.train.cli", "add_train_command"),
                        ("edgescreen.benchmarks.cli", "add_bench_command"),
+                       ("edgescreen.benchmarks.demo", "add_demo_command"),
                        ("edgescreen.export.trt", "add_engine_command"),
                        ("edgescreen.runtime.golden", "add_selftest_command")):
         try:

@@ -117,10 +117,22 @@ def test_label_balance() -> None:
         assert 0.12 < share < 0.3, (name, share)
 
 
+def test_fundus_eye_puts_the_disc_on_its_side() -> None:
+    # Left eye: optic disc (the brightest spot of a healthy fundus) on the image left.
+    for i in range(8):
+        for eye, left in (("L", True), ("R", False)):
+            img = generate_fundus(image_rng(50, "fundus", i), 0, 96, eye=eye)
+            grey = img.astype(np.float32).sum(2)
+            _, xs = np.nonzero(grey >= np.percentile(grey, 99.7))
+            assert (xs.mean() < 48) == left, (i, eye)
+
+
 def test_invalid_arguments(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError):
         generate_fundus(rng, 5)
+    with pytest.raises(ValueError):
+        generate_fundus(rng, 0, eye="left")
     with pytest.raises(ValueError):
         generate_oct(rng, "AMD")
     with pytest.raises(ValueError):

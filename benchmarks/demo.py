@@ -1,0 +1,150 @@
+"""`edgescreen demo`: the whole product on one CPU machine, end to end, in minutes.
+
+synthetic fundus photos + the real training patients' photos -> train the tiny DR model
+-> export FP32 / FP16 / INT8 (calibrated on real training-patient photos) -> screen the
+held-out patients' photos as a hub would (ledger + HTML report) -> benchmark latency,
+pipeline and drift. The model is a demonstration, never a clinical tool, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+NOT_CLINICAL = ("DEMO MODEL, NOT FOR CLINICAL USE: trained in minutes on synthetic images and a few hundred "
+                "public photos; its grades are an engineering demonstration only.")
+SHARED_FUNDUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fundus-dr-srahim"
+
+
+def _say(text: str) -> None:
+    from rich.console import Console
+
+    Console(highlight=False).print(text)
+
+
+def _with_split(samples, split: str):
+    return [dataclasses.replace(s, split=split) for s in samples]
+
+
+def prepare_data(work: Path, *, real_dir: Path | None, n_synth: int, seed: int):
+    """Training set (synthetic + real training patients) and the real held-out patients."""
+    from edgescreen.train.data.loaders import load_generic_csv, load_srahim_fundus
+    from edgescreen.train.data.records import LabelledSet
+    from edgescreen.train.data.splits import patient_split
+    from edgescreen.train.data.synth import synthesize
+
+    synth_csv = work / "synth" / "labels.csv"
+    if not synth_csv.exists():
+        synthesize("fundus", n_synth, work / "synth", seed=seed, size=320, progress=True)
+    synth = load_generic_csv(synth_csv, "dr")
+    parts = patient_split(synth.samples, (0.85, 0.15, 0.0), seed=seed)
+    train = _with_split(parts["train"], "train") + _with_split(parts["val"], "val")
+    held_out, calib, labels = [], [], synth.labels
+    if real_dir is not None and (real_dir / "labels.csv").exists():
+        real = load_srahim_fundus(real_dir)
+        # Patient-level: both eyes of a patient stay on one side of every line.
+        real_parts = patient_split(real.samples, (0.55, 0.15, 0.30), seed=seed)
+        train += _with_split(real_parts["train"], "train") + _with_split(real_parts["val"], "val")
+        calib = real_parts["train"]
+        held_out = real_parts["test"]
+    return LabelledSet("demo-train", "dr", labels, train), calib, held_out
+
+
+def run_demo(work: Path, *, real_dir: Path | None = SHARED_FUNDUS, n_synth: int = 600, seed: int = 0,
+             config: str = "multitask-tiny", bench_seconds: float = 2.0, results_dir: Path | None = None) -> dict[str, Any]:
+    from edgescreen.export import export_bundle
+    from edgescreen.runtime.batch.ledger import Ledger
+    from edgescreen.runtime.batch.pipeline import BatchOptions, run_batch
+    from edgescreen.runtime.batch.report import write_html
+    from edgescreen.runtime.card import load_card
+    from edgescreen.runtime.metrics import quadratic_weighted_kappa
+    from edgescreen.train.config import load_config
+    from edgescreen.train.loop import train
+
+    from .cli import run_bench
+    from .report import markdown
+
+    began = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    real_dir = real_dir.resolve() if real_dir is not None and (real_dir / "labels.csv").exists() else None
+    _say(f"[bold red]{NOT_CLINICAL}[/bold red]")
+    _say(f"work folder: {work}; real photos: {real_dir or 'not found (synthetic only)'}")
+
+    _say("[bold]1/5 data[/bold]: synthetic fundus photos + real training patients")
+    train_set, calib, held_out = prepare_data(work, real_dir=real_dir, n_synth=n_synth, seed=seed)
+    _say(train_set.summary())
+
+    _say(f"[bold]2/5 train[/bold] {config} on the CPU")
+    cfg = load_config(config)
+    result = train(cfg, train_set, work / "run", resume=True, cache_dir=work / "cache")
+    _say(f"validation {result.metric_name} {result.val_metric:.3f} ({result.seconds:.0f}s)")
+
+    _say("[bold]3/5 export[/bold] FP32 / FP16 / INT8, calibrated on real training-patient photos")
+    bundle = work / "bundle"
+    report = export_bundle(result.checkpoint, bundle, precisions=("fp32", "fp16", "int8"),
+                           calib=calib or None, eval=held_out or None, allow_drift=True,
+                           allow_synthetic_calibration=not calib, progress=True)
+    _say(report.table() if hasattr(report, "table") else str(report))
+
+    screening: dict[str, Any] = {}
+    if held_out:
+        _say(f"[bold]4/5 screen[/bold] {len(held_out)} held-out real photos as a hub batch (INT8)")
+        uploads = work / "uploads"
+        shutil.rmtree(uploads, ignore_errors=True)
+        uploads.mkdir()
+        truth = {}
+        for s in held_out:  # outside the repository: the hub's upload folder
+            shutil.copy2(s.path, uploads / s.path.name)
+            truth[s.path.name] = s.label
+        db = work / "screening.sqlite"
+        db.unlink(missing_ok=True)
+        stats = run_batch(BatchOptions(in_dir=uploads, bundle=bundle, db=db, precision="int8"))
+        ledger = Ledger(db)
+        try:
+            write_html(ledger, uploads, work / "report.html", card=load_card(bundle))
+            items = list(ledger.items())
+        finally:
+            ledger.close()
+        decisions: dict[str, int] = {}
+        for item in items:
+            decisions[item.decision or item.state] = decisions.get(item.decision or item.state, 0) + 1
+        screening = {"images": len(held_out), "finished": stats.finished, "decisions": decisions,
+                     "report": str(work / "report.html")}
+        graded = [(truth[Path(i.path).name], i.result["grade"]) for i in items
+                  if i.result and i.result.get("grade") is not None and Path(i.path).name in truth]
+        if graded:
+            y, p = zip(*graded, strict=True)
+            screening["qwk_vs_labels"] = quadratic_weighted_kappa(list(y), list(p), 5)
+        _say(json.dumps(screening, indent=2))
+
+    _say("[bold]5/5 bench[/bold]: latency, pipeline and drift, side by side in one run")
+    bench = run_bench(bundle, eval_samples=held_out or None, checkpoint=result.checkpoint,
+                      out=results_dir, min_seconds=bench_seconds, min_iters=10,
+                      drift_label=f"{len(held_out)} held-out real fundus photos ({real_dir})" if held_out else None)
+    _say(markdown(bench))
+    summary = {"seconds": round(time.perf_counter() - began, 1), "bundle": str(bundle), "screening": screening,
+               "validation": {result.metric_name: result.val_metric}, "bench": bench.get("written", {}),
+               "floors": bench["floors"]}
+    (work / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _say(f"[bold]done in {summary['seconds']:.0f}s[/bold]; summary: {work / 'demo-summary.json'}")
+    _say(f"[bold red]{NOT_CLINICAL}[/bold red]")
+    return summary
+
+
+def add_demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: synth -> train -> export -> screen -> bench, on a CPU",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=Path.home() / "edgescreen-demo",
+                   help="folder for data, checkpoints, the bundle and reports (default ~/edgescreen-demo)")
+    p.add_argument("--real", type=Path, default=SHARED_FUNDUS, help="the real fundus set (labels.csv layout)")
+    p.add_argument("--synthetic", type=int, default=600, help="number of synthetic training photos")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", type=Path, default=None,
+                   help="also write benchmark results here (e.g. benchmarks/results)")
+    p.set_defaults(func=lambda a: (run_demo(a.work, real_dir=a.real, n_synth=a.synthetic, seed=a.seed,
+                                            results_dir=a.results or a.work / "results"), 0)[1])
