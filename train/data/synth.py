@@ -746,10 +746,10 @@ def generate_cxr(rng: np.random.Generator, findings: frozenset[str], size: int =
 
     for sgn in (-1, 1):
         hx, hy = (mid + sgn * 0.085) * S, 0.40 * S
-        for a in np.linspace(-1.2, 1.2, 5):
+        for a in np.linspace(-1.3, 1.3, 7):
             ang = (math.pi if sgn < 0 else 0.0) + sgn * a + anat.normal(0, 0.1)
-            roots.append((hx, hy, ang, 2.4 * k, 0.2 * S, 0.0, 0))
-    segs = _forest(anat, roots, step, anywhere, 3, wiggle=0.18)
+            roots.append((hx, hy, ang, 2.4 * k, 0.24 * S, 0.0, 0))
+    segs = _forest(anat, roots, step, anywhere, 2, wiggle=0.18)
     mk = np.zeros((S, S), np.float32)
     _draw_segments(mk, segs)
     hil = _exp(-(((adu - 0.08) / 0.2) ** 2))
