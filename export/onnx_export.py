@@ -70,9 +70,25 @@ def convert_fp16(src: str | Path, dst: str | Path) -> Path:
     model = onnx.load(str(src))
     props = [(p.key, p.value) for p in model.metadata_props]
     half = convert_float_to_float16(model, keep_io_types=True)
+    _toposort(half.graph)  # the converter appends its input casts after their consumers
     del half.metadata_props[:]
     for key, value in props:
         half.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(half)
     onnx.save(half, str(dst))
     return Path(dst)
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise ValueError("the FP16 graph has a cycle or an undefined input")
+        for n in ready:
+            ordered.append(n)
+            known.update(n.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)

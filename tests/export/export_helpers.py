@@ -1,0 +1,72 @@
+"""Tiny checkpoints (random init, saved as train/loop.py saves them) and synthetic data sets."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")  # noqa: E402
+pytest.importorskip("onnxruntime.quantization")
+
+# family -> (task, input size, builder kwargs)
+FAMILIES = {
+    "multitask": ("dr_grading", 64, {"tiny": True}),
+    "m2cnn": ("dr_grading", 64, {"tiny": True}),
+    "ran": ("oct_classification", 64, {"tiny": True, "in_chans": 1}),
+    "zoomin": ("dr_grading", 128, {"tiny": True}),
+    "agcnn": ("cxr_findings", 64, {"tiny": True}),
+}
+MODALITY = {"dr_grading": "fundus", "oct_classification": "oct", "cxr_findings": "cxr"}
+LOADER = {"dr_grading": "csv-dr", "oct_classification": "csv-oct", "cxr_findings": "csv-cxr"}
+
+
+def make_checkpoint(folder: Path, family: str, *, seed: int = 0) -> Path:
+    """model.pt as train/loop.py writes it: {"config", "stage", "model", "card"}."""
+    from edgescreen.runtime.card import default_decision, default_labels
+    from edgescreen.runtime.preprocess import PreprocessConfig
+    from edgescreen.train.config import StageConfig, TrainConfig
+    from edgescreen.train.loop import DEFAULT_CUTPOINTS, card_for
+    from edgescreen.train.models import build_model
+
+    task, size, kwargs = FAMILIES[family]
+    channels = PreprocessConfig.default(MODALITY[task], size).channels
+    if family == "agcnn":
+        kwargs = {**kwargs, "in_chans": channels}
+    cfg = TrainConfig(name=f"tiny-{family}", family=family, task=task, model=kwargs, input_size=size,
+                      stages=(StageConfig(name="s", epochs=1, loss="ce"),), seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(family, **kwargs).eval()
+    labels = default_labels(task)
+    decision = default_decision(task, labels)
+    if any(role == "grade_value" for role, _ in model.export_outputs.values()):
+        decision = dataclasses.replace(decision, cutpoints=DEFAULT_CUTPOINTS)
+    card = card_for(cfg, model, labels, decision=decision)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.pt"
+    torch.save({"config": cfg.to_dict(), "stage": 0, "model": model.state_dict(), "card": card.to_dict()}, path)
+    return path
+
+
+def synth_set(folder: Path, task: str, n: int, *, seed: int, size: int = 128) -> str:
+    from edgescreen.train.data.synth import synthesize
+
+    if not (folder / "labels.csv").is_file():
+        synthesize(MODALITY[task], n, folder, seed=seed, size=size)
+    return f"{LOADER[task]}:{folder}"
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory):
+    """Calibration cache private to the test session."""
+    import os
+
+    path = tmp_path_factory.mktemp("calib-cache")
+    old = os.environ.get("EDGESCREEN_CACHE")
+    os.environ["EDGESCREEN_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EDGESCREEN_CACHE", None)
+    else:
+        os.environ["EDGESCREEN_CACHE"] = old
