@@ -80,9 +80,15 @@ def preprocessing_for(cfg: TrainConfig, size: int | None = None) -> PreprocessCo
 
 
 def card_for(cfg: TrainConfig, model: torch.nn.Module, labels: tuple[str, ...], **extra: Any) -> ModelCard:
+    """The card the runtime would read for this model; cut points stay at x.5 until fitted."""
+    from edgescreen.runtime.card import default_decision
+
     outputs = tuple(OutputSpec(name, role, act) for name, (role, act) in model.export_outputs.items())
+    decision = default_decision(cfg.task, labels)
+    if any(o.role == "grade_value" for o in outputs):
+        decision = dataclasses.replace(decision, cutpoints=DEFAULT_CUTPOINTS)
     return new_card(name=cfg.name, task=cfg.task, family=cfg.family, preprocessing=preprocessing_for(cfg),
-                    outputs=outputs, labels=labels, **extra)
+                    outputs=outputs, labels=labels, decision=decision, **extra)
 
 
 class Trainer:

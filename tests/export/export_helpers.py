@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,10 @@ LOADER = {"dr_grading": "csv-dr", "oct_classification": "csv-oct", "cxr_findings
 
 def make_checkpoint(folder: Path, family: str, *, seed: int = 0) -> Path:
     """model.pt as train/loop.py writes it: {"config", "stage", "model", "card"}."""
-    from edgescreen.runtime.card import default_decision, default_labels
+    from edgescreen.runtime.card import default_labels
     from edgescreen.runtime.preprocess import PreprocessConfig
     from edgescreen.train.config import StageConfig, TrainConfig
-    from edgescreen.train.loop import DEFAULT_CUTPOINTS, card_for
+    from edgescreen.train.loop import card_for
     from edgescreen.train.models import build_model
 
     task, size, kwargs = FAMILIES[family]
@@ -38,11 +37,7 @@ def make_checkpoint(folder: Path, family: str, *, seed: int = 0) -> Path:
                       stages=(StageConfig(name="s", epochs=1, loss="ce"),), seed=seed)
     torch.manual_seed(seed)
     model = build_model(family, **kwargs).eval()
-    labels = default_labels(task)
-    decision = default_decision(task, labels)
-    if any(role == "grade_value" for role, _ in model.export_outputs.values()):
-        decision = dataclasses.replace(decision, cutpoints=DEFAULT_CUTPOINTS)
-    card = card_for(cfg, model, labels, decision=decision)
+    card = card_for(cfg, model, default_labels(task))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.pt"
     torch.save({"config": cfg.to_dict(), "stage": 0, "model": model.state_dict(), "card": card.to_dict()}, path)
