@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from export_helpers import make_checkpoint, synth_set
+from export_helpers import export_cache, make_checkpoint, synth_set  # noqa: F401 (fixture)
 
 from edgescreen.export import DriftGateError, export_bundle
 from edgescreen.export.calibration import CalibrationError, select

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from export_helpers import FAMILIES, make_checkpoint, synth_set
+from export_helpers import FAMILIES, export_cache, make_checkpoint, synth_set  # noqa: F401 (fixture)
 
 from edgescreen.export import export_bundle
 from edgescreen.export.verify import run_onnx
