@@ -28,8 +28,13 @@ from . import verify as V
 from .data import DataSet, labels_of, prepare_batch, resolve
 
 PRECISIONS = ("fp32", "fp16", "int8")
-FILES = {"onnx-fp32": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-int8": "model.int8.onnx",
-         "onnx-int8-cpu": "model.int8-cpu.onnx", "torchscript": "model.ts"}
+FILES = {
+    "onnx-fp32": "model.onnx",
+    "onnx-fp16": "model.fp16.onnx",
+    "onnx-int8": "model.int8.onnx",
+    "onnx-int8-cpu": "model.int8-cpu.onnx",
+    "torchscript": "model.ts",
+}
 GOLDEN_COUNT = 4
 
 
@@ -55,8 +60,13 @@ class ExportReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle), "rows": self.rows, "drift_gate": self.gate,
-                "calibration_cache_hit": self.calibration_cache_hit, "seconds": self.seconds}
+        return {
+            "bundle": str(self.bundle),
+            "rows": self.rows,
+            "drift_gate": self.gate,
+            "calibration_cache_hit": self.calibration_cache_hit,
+            "seconds": self.seconds,
+        }
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
@@ -77,10 +87,21 @@ class _Steps:
     def __init__(self, enabled: bool) -> None:
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
 
     def __enter__(self):
         if self.bar:
@@ -112,11 +133,21 @@ def _trained_on_synthetic(checkpoint: Path) -> bool:
     return bool(train) and all(C._SYNTH_PATIENT.match(e.get("patient", "")) for e in train)
 
 
-def export_bundle(checkpoint: str | Path, out: str | Path, *, precisions: Sequence[str] = PRECISIONS,
-                  calib: Any = None, eval: Any = None, calib_method: str = "entropy",  # noqa: A002
-                  calib_size: int | None = 512, allow_drift: bool = False,
-                  allow_synthetic_calibration: bool = False, progress: bool = True,
-                  golden_count: int = GOLDEN_COUNT, threads: int | None = None) -> ExportReport:
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    precisions: Sequence[str] = PRECISIONS,
+    calib: Any = None,
+    eval: Any = None,
+    calib_method: str = "entropy",  # noqa: A002
+    calib_size: int | None = 512,
+    allow_drift: bool = False,
+    allow_synthetic_calibration: bool = False,
+    progress: bool = True,
+    golden_count: int = GOLDEN_COUNT,
+    threads: int | None = None,
+) -> ExportReport:
     """Export every requested precision, verify, gate and write the bundle. See module doc."""
     from edgescreen.train.checkpoint import load_trained
 
@@ -129,9 +160,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precisions: Sequen
     precisions = tuple(dict.fromkeys(("fp32", *precisions)))
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
-        raise EdgescreenError(f"unknown precision(s) {sorted(unknown)}; use {', '.join(PRECISIONS)}")
+        raise EdgescreenError(
+            f"unknown precision(s) {sorted(unknown)}; use {', '.join(PRECISIONS)}"
+        )
     if calib_method not in C.METHODS:
-        raise EdgescreenError(f"unknown calibration method {calib_method!r}; use {', '.join(C.METHODS)}")
+        raise EdgescreenError(
+            f"unknown calibration method {calib_method!r}; use {', '.join(C.METHODS)}"
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -140,24 +175,49 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precisions: Sequen
     view = export_view(trained.model).eval()
     names = [o.name for o in card.outputs]
 
-    evaluation = resolve(eval if eval is not None else _default_split(checkpoint, "test"), what="evaluation")
+    evaluation = resolve(
+        eval if eval is not None else _default_split(checkpoint, "test"), what="evaluation"
+    )
     calib_set = None
     if "int8" in precisions:
-        calib_set = resolve(calib if calib is not None else _default_split(checkpoint, "train"), what="calibration")
+        calib_set = resolve(
+            calib if calib is not None else _default_split(checkpoint, "train"), what="calibration"
+        )
     if evaluation is None and len(precisions) > 1 and not allow_drift:
-        raise EdgescreenError("no evaluation data: drift of fp16/int8 cannot be measured; give --eval DATA "
-                              "(or --allow-drift to export unmeasured)")
+        raise EdgescreenError(
+            "no evaluation data: drift of fp16/int8 cannot be measured; give --eval DATA "
+            "(or --allow-drift to export unmeasured)"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with _Steps(progress) as steps:
-            report = _build(tmp, out, card, view, names, precisions, evaluation, calib_set, calib_method,
-                            calib_size, allow_drift, allow_synthetic_calibration, steps, timings,
-                            checkpoint, golden_count, threads,
-                            export_onnx=export_onnx, export_torchscript=export_torchscript,
-                            load_torchscript=load_torchscript, convert_fp16=convert_fp16, quantize=quantize,
-                            opset=OPSET)
+            report = _build(
+                tmp,
+                out,
+                card,
+                view,
+                names,
+                precisions,
+                evaluation,
+                calib_set,
+                calib_method,
+                calib_size,
+                allow_drift,
+                allow_synthetic_calibration,
+                steps,
+                timings,
+                checkpoint,
+                golden_count,
+                threads,
+                export_onnx=export_onnx,
+                export_torchscript=export_torchscript,
+                load_torchscript=load_torchscript,
+                convert_fp16=convert_fp16,
+                quantize=quantize,
+                opset=OPSET,
+            )
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -167,9 +227,32 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, precisions: Sequen
     return report
 
 
-def _build(tmp, out, card, view, names, precisions, evaluation, calib_set, calib_method, calib_size,
-           allow_drift, allow_synth, steps, timings, checkpoint, golden_count, threads, *, export_onnx,
-           export_torchscript, load_torchscript, convert_fp16, quantize, opset) -> ExportReport:
+def _build(
+    tmp,
+    out,
+    card,
+    view,
+    names,
+    precisions,
+    evaluation,
+    calib_set,
+    calib_method,
+    calib_size,
+    allow_drift,
+    allow_synth,
+    steps,
+    timings,
+    checkpoint,
+    golden_count,
+    threads,
+    *,
+    export_onnx,
+    export_torchscript,
+    load_torchscript,
+    convert_fp16,
+    quantize,
+    opset,
+) -> ExportReport:
     import onnx
     import onnxruntime
     import torch
@@ -184,17 +267,27 @@ def _build(tmp, out, card, view, names, precisions, evaluation, calib_set, calib
     refs = [s.ref for s in eval_samples]
     x_eval = prepare_batch(eval_samples, card) if eval_samples else None
     y_eval = labels_of(eval_samples) if eval_samples else None
-    probe = x_eval[:32] if x_eval is not None else np.random.default_rng(0).normal(
-        size=(4, *card.input.shape)).astype(np.float32)
+    probe = (
+        x_eval[:32]
+        if x_eval is not None
+        else np.random.default_rng(0).normal(size=(4, *card.input.shape)).astype(np.float32)
+    )
     ref_torch = V.run_torch(view, probe, names)
     ts_module, _ = load_torchscript(tmp / FILES["torchscript"])
-    parity = {"torchscript": V.output_errors(card, ref_torch, V.run_torch(ts_module, probe, names)),
-              "fp32": V.output_errors(card, ref_torch, V.run_onnx(tmp / FILES["onnx-fp32"], probe,
-                                                                  card.input.name, threads=threads))}
+    parity = {
+        "torchscript": V.output_errors(card, ref_torch, V.run_torch(ts_module, probe, names)),
+        "fp32": V.output_errors(
+            card,
+            ref_torch,
+            V.run_onnx(tmp / FILES["onnx-fp32"], probe, card.input.name, threads=threads),
+        ),
+    }
     for key, err in parity.items():
         if err["max_rel_err"] > V.PARITY_BOUNDS[key]:
-            raise EdgescreenError(f"{key} export disagrees with PyTorch: max relative error "
-                                  f"{err['max_rel_err']:.2e} > {V.PARITY_BOUNDS[key]:.0e} (an export bug)")
+            raise EdgescreenError(
+                f"{key} export disagrees with PyTorch: max relative error "
+                f"{err['max_rel_err']:.2e} > {V.PARITY_BOUNDS[key]:.0e} (an export bug)"
+            )
 
     results: dict[str, dict[str, Any]] = {}
     fp32_out = None
@@ -209,37 +302,68 @@ def _build(tmp, out, card, view, names, precisions, evaluation, calib_set, calib
         convert_fp16(tmp / FILES["onnx-fp32"], tmp / FILES["onnx-fp16"])
         keys.append("onnx-fp16")
         if x_eval is not None:
-            results["fp16"] = V.compare(card, fp32_out, V.run_onnx(tmp / FILES["onnx-fp16"], x_eval,
-                                                                   card.input.name, threads=threads),
-                                        y_eval, refs)
+            results["fp16"] = V.compare(
+                card,
+                fp32_out,
+                V.run_onnx(tmp / FILES["onnx-fp16"], x_eval, card.input.name, threads=threads),
+                y_eval,
+                refs,
+            )
 
     cache_hit = cache_file = None
     calibration = None
     if "int8" in precisions:
-        calibration, cache_file, cache_hit = _calibrate(tmp, card, calib_set, evaluation, calib_method,
-                                                        calib_size, allow_synth, checkpoint, steps, timings)
+        calibration, cache_file, cache_hit = _calibrate(
+            tmp,
+            card,
+            calib_set,
+            evaluation,
+            calib_method,
+            calib_size,
+            allow_synth,
+            checkpoint,
+            steps,
+            timings,
+        )
         t = time.perf_counter()
         for key, target in (("onnx-int8", "tensorrt"), ("onnx-int8-cpu", "cpu")):
-            quantize(tmp / FILES["onnx-fp32"], tmp / FILES[key], target=target, method=calib_method,
-                     cache_file=cache_file)
+            quantize(
+                tmp / FILES["onnx-fp32"],
+                tmp / FILES[key],
+                target=target,
+                method=calib_method,
+                cache_file=cache_file,
+            )
             keys.append(key)
         timings["quantize"] = round(time.perf_counter() - t, 2)
         if x_eval is not None:
             for key, pkey in (("onnx-int8", "int8"), ("onnx-int8-cpu", "int8-cpu")):
-                results[pkey] = V.compare(card, fp32_out, V.run_onnx(tmp / FILES[key], x_eval, card.input.name,
-                                                                     threads=threads), y_eval, refs)
+                results[pkey] = V.compare(
+                    card,
+                    fp32_out,
+                    V.run_onnx(tmp / FILES[key], x_eval, card.input.name, threads=threads),
+                    y_eval,
+                    refs,
+                )
 
     # -- gate ---------------------------------------------------------------------------------
     reduced = {k: v for k, v in results.items() if k != "fp32"}
     violations = V.gate(card, reduced)
-    gate = {"passed": not violations, "allowed_by_flag": bool(violations) and allow_drift,
-            "violations": violations, "limits": card.drift_limits.__dict__,
-            "measured": bool(reduced) or len(precisions) == 1,
-            "eval_source": evaluation.source if evaluation else None}
+    gate = {
+        "passed": not violations,
+        "allowed_by_flag": bool(violations) and allow_drift,
+        "violations": violations,
+        "limits": card.drift_limits.__dict__,
+        "measured": bool(reduced) or len(precisions) == 1,
+        "eval_source": evaluation.source if evaluation else None,
+    }
     if violations and not allow_drift:
-        raise DriftGateError("drift gate failed, bundle not written:\n  " + "\n  ".join(violations)
-                             + "\n(check the calibration set, or re-run with --allow-drift to ship it anyway, "
-                               "recorded in the card)")
+        raise DriftGateError(
+            "drift gate failed, bundle not written:\n  "
+            + "\n  ".join(violations)
+            + "\n(check the calibration set, or re-run with --allow-drift to ship it anyway, "
+            "recorded in the card)"
+        )
 
     # -- card, golden -------------------------------------------------------------------------
     bundle_metrics = dict(card.metrics)
@@ -247,13 +371,24 @@ def _build(tmp, out, card, view, names, precisions, evaluation, calib_set, calib
     bundle_metrics["drift_gate"] = gate
     artifacts = {}
     for key in keys:
-        precision = {"onnx-fp32": "fp32", "torchscript": "fp32", "onnx-fp16": "fp16"}.get(key, "int8")
+        precision = {"onnx-fp32": "fp32", "torchscript": "fp32", "onnx-fp16": "fp16"}.get(
+            key, "int8"
+        )
         target = {"onnx-int8": "tensorrt", "onnx-int8-cpu": "cpu"}.get(key, "any")
         fmt = "torchscript" if key == "torchscript" else "onnx"
-        artifacts[key] = artifact_entry(tmp, FILES[key], format=fmt, precision=precision, target=target)
-    versions = {**card.versions, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__, "opset": str(opset)}
-    card = card.replace(artifacts=artifacts, metrics=bundle_metrics, calibration=calibration, versions=versions)
+        artifacts[key] = artifact_entry(
+            tmp, FILES[key], format=fmt, precision=precision, target=target
+        )
+    versions = {
+        **card.versions,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": str(opset),
+    }
+    card = card.replace(
+        artifacts=artifacts, metrics=bundle_metrics, calibration=calibration, versions=versions
+    )
     save_card(card, tmp)
     _write_golden(tmp, card, eval_samples, x_eval, fp32_out, golden_count, threads)
 
@@ -261,24 +396,52 @@ def _build(tmp, out, card, view, names, precisions, evaluation, calib_set, calib
     for key in keys:
         if key == "torchscript":
             continue
-        pkey = {"onnx-fp32": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8", "onnx-int8-cpu": "int8-cpu"}[key]
+        pkey = {
+            "onnx-fp32": "fp32",
+            "onnx-fp16": "fp16",
+            "onnx-int8": "int8",
+            "onnx-int8-cpu": "int8-cpu",
+        }[key]
         r = results.get(pkey, {})
-        rows.append({"precision": pkey, "file": FILES[key], "size_mb": (tmp / FILES[key]).stat().st_size / 1e6,
-                     "metric_name": r.get("metric_name"), "metric": r.get("metric"),
-                     "delta": r.get("delta"), "delta_ci95": r.get("delta_ci95"),
-                     "flip_count": r.get("flip_count"), "images": r.get("images"),
-                     "max_rel_err": r.get("max_rel_err", parity["fp32"]["max_rel_err"] if pkey == "fp32" else None),
-                     "flips": [f["image"] for f in r.get("flips", [])]})
+        rows.append(
+            {
+                "precision": pkey,
+                "file": FILES[key],
+                "size_mb": (tmp / FILES[key]).stat().st_size / 1e6,
+                "metric_name": r.get("metric_name"),
+                "metric": r.get("metric"),
+                "delta": r.get("delta"),
+                "delta_ci95": r.get("delta_ci95"),
+                "flip_count": r.get("flip_count"),
+                "images": r.get("images"),
+                "max_rel_err": r.get(
+                    "max_rel_err", parity["fp32"]["max_rel_err"] if pkey == "fp32" else None
+                ),
+                "flips": [f["image"] for f in r.get("flips", [])],
+            }
+        )
     return ExportReport(out, card, rows, gate, cache_hit, str(cache_file) if cache_file else None)
 
 
-def _calibrate(tmp, card, calib_set: DataSet | None, evaluation: DataSet | None, method, size, allow_synth,
-               checkpoint, steps, timings):
+def _calibrate(
+    tmp,
+    card,
+    calib_set: DataSet | None,
+    evaluation: DataSet | None,
+    method,
+    size,
+    allow_synth,
+    checkpoint,
+    steps,
+    timings,
+):
     synthetic_made = False
     if calib_set is None:
         if not allow_synth:
-            raise C.CalibrationError("INT8 needs calibration images: give --calib DATA (training patients, "
-                                     "e.g. split:RUN/splits.json:train), or --allow-synthetic-calibration")
+            raise C.CalibrationError(
+                "INT8 needs calibration images: give --calib DATA (training patients, "
+                "e.g. split:RUN/splits.json:train), or --allow-synthetic-calibration"
+            )
         from edgescreen.train.data.loaders import load_dataset
         from edgescreen.train.data.synth import synthesize
 
@@ -286,20 +449,31 @@ def _calibrate(tmp, card, calib_set: DataSet | None, evaluation: DataSet | None,
         n = min(size or 64, 64)
         synthesize(card.modality, n, folder, seed=12345, size=max(card.input.shape[1:]))
         task = {"dr_grading": "dr", "oct_classification": "oct", "cxr_findings": "cxr"}[card.task]
-        calib_set = DataSet(load_dataset(f"csv-{task}:{folder}").samples, "synthetic (generated, seed 12345)")
+        calib_set = DataSet(
+            load_dataset(f"csv-{task}:{folder}").samples, "synthetic (generated, seed 12345)"
+        )
         synthetic_made = True
     synthetic = synthetic_made or C.is_synthetic(calib_set.samples)
     if synthetic and not allow_synth and not _trained_on_synthetic(checkpoint):
-        raise C.CalibrationError(f"calibration set {calib_set.source} is synthetic but the model was not trained "
-                                 "on synthetic images; pass --allow-synthetic-calibration to accept it (recorded)")
+        raise C.CalibrationError(
+            f"calibration set {calib_set.source} is synthetic but the model was not trained "
+            "on synthetic images; pass --allow-synthetic-calibration to accept it (recorded)"
+        )
     if evaluation is not None:
         C.check_disjoint(calib_set.samples, evaluation.samples)
     chosen = C.select(calib_set.samples, size)
     if not chosen:
         raise C.CalibrationError(f"calibration set {calib_set.source} is empty")
-    manifest = C.manifest(chosen, card.labels, source=calib_set.source, method=method, requested=size,
-                          synthetic=synthetic, allowed_by_flag=synthetic and allow_synth,
-                          eval_source=evaluation.source if evaluation else None)
+    manifest = C.manifest(
+        chosen,
+        card.labels,
+        source=calib_set.source,
+        method=method,
+        requested=size,
+        synthetic=synthetic,
+        allowed_by_flag=synthetic and allow_synth,
+        eval_source=evaluation.source if evaluation else None,
+    )
     key = C.cache_key(tmp / FILES["onnx-fp32"], manifest, method)
     cache_file = C.cache_dir() / f"{key}.json"
     manifest["cache_key"] = key
@@ -307,8 +481,15 @@ def _calibrate(tmp, card, calib_set: DataSet | None, evaluation: DataSet | None,
     t = time.perf_counter()
     if not hit:
         advance = steps.task(f"calibrating ({method}, {len(chosen)} images)", len(chosen))
-        C.compute_ranges(tmp / FILES["onnx-fp32"], card, method, cache_file,
-                         lambda idx: prepare_batch([chosen[i] for i in idx], card), len(chosen), advance)
+        C.compute_ranges(
+            tmp / FILES["onnx-fp32"],
+            card,
+            method,
+            cache_file,
+            lambda idx: prepare_batch([chosen[i] for i in idx], card),
+            len(chosen),
+            advance,
+        )
     timings["calibrate"] = round(time.perf_counter() - t, 2)
     if synthetic_made:
         shutil.rmtree(tmp / ".synthetic-calibration", ignore_errors=True)
@@ -317,7 +498,9 @@ def _calibrate(tmp, card, calib_set: DataSet | None, evaluation: DataSet | None,
     return manifest, cache_file, hit
 
 
-def _write_golden(tmp: Path, card: ModelCard, samples, x_eval, fp32_out, count: int, threads) -> None:
+def _write_golden(
+    tmp: Path, card: ModelCard, samples, x_eval, fp32_out, count: int, threads
+) -> None:
     from edgescreen.runtime.golden import write_golden
 
     if x_eval is None or not len(x_eval):
@@ -328,8 +511,14 @@ def _write_golden(tmp: Path, card: ModelCard, samples, x_eval, fp32_out, count: 
     names = [str(s.path) if s.path is not None else s.ref for s in samples[:n]]
     from edgescreen.train.data.splits import sample_hash
 
-    write_golden(tmp, inputs, outputs, names, sha256s=[sample_hash(s) for s in samples[:n]],
-                 created_by="edgescreen export")
+    write_golden(
+        tmp,
+        inputs,
+        outputs,
+        names,
+        sha256s=[sample_hash(s) for s in samples[:n]],
+        created_by="edgescreen export",
+    )
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

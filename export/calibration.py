@@ -15,7 +15,9 @@ export with the same model and set skips calibration and yields the same scales.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -70,7 +72,8 @@ def check_disjoint(calib: Sequence[Sample], evaluation: Sequence[Sample]) -> Non
             raise CalibrationError(
                 f"calibration image {s.ref} is byte-identical to evaluation image {eval_hashes[h].ref}: "
                 "calibration must be disjoint from evaluation (use other patients, e.g. "
-                "--calib split:RUN/splits.json:train --eval split:RUN/splits.json:test)")
+                "--calib split:RUN/splits.json:train --eval split:RUN/splits.json:test)"
+            )
 
 
 def select(samples: Sequence[Sample], size: int | None, *, seed: int = 0) -> list[Sample]:
@@ -98,19 +101,41 @@ def select(samples: Sequence[Sample], size: int | None, *, seed: int = 0) -> lis
     return chosen
 
 
-def manifest(samples: Sequence[Sample], labels: tuple[str, ...], *, source: str, method: str,
-             requested: int | None, synthetic: bool, allowed_by_flag: bool, eval_source: str | None) -> dict:
+def manifest(
+    samples: Sequence[Sample],
+    labels: tuple[str, ...],
+    *,
+    source: str,
+    method: str,
+    requested: int | None,
+    synthetic: bool,
+    allowed_by_flag: bool,
+    eval_source: str | None,
+) -> dict:
     counts: dict[str, int] = defaultdict(int)
     for s in samples:
         k = _stratum(s.label)
         counts["No Finding" if k < 0 else labels[k]] += 1
-    images = [{"path": str(s.path) if s.path is not None else s.ref, "sha256": sample_hash(s),
-               "label": list(s.label) if isinstance(s.label, tuple) else int(s.label)} for s in samples]
+    images = [
+        {
+            "path": str(s.path) if s.path is not None else s.ref,
+            "sha256": sample_hash(s),
+            "label": list(s.label) if isinstance(s.label, tuple) else int(s.label),
+        }
+        for s in samples
+    ]
     digest = hashlib.sha256(json.dumps([i["sha256"] for i in images]).encode()).hexdigest()
     return {
-        "source": source, "method": method, "size": len(images), "requested_size": requested,
-        "stratified_by": "class", "class_counts": dict(counts), "synthetic": synthetic,
-        "allowed_by_flag": allowed_by_flag, "disjoint_from": eval_source, "images_sha256": digest,
+        "source": source,
+        "method": method,
+        "size": len(images),
+        "requested_size": requested,
+        "stratified_by": "class",
+        "class_counts": dict(counts),
+        "synthetic": synthetic,
+        "allowed_by_flag": allowed_by_flag,
+        "disjoint_from": eval_source,
+        "images_sha256": digest,
         "images": images,
     }
 
@@ -118,7 +143,12 @@ def manifest(samples: Sequence[Sample], labels: tuple[str, ...], *, source: str,
 def cache_key(fp32_onnx: str | Path, calib_manifest: dict, method: str) -> str:
     import onnxruntime
 
-    parts = [sha256_file(fp32_onnx), calib_manifest["images_sha256"], method, onnxruntime.__version__]
+    parts = [
+        sha256_file(fp32_onnx),
+        calib_manifest["images_sha256"],
+        method,
+        onnxruntime.__version__,
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -126,16 +156,21 @@ def _ort_method(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
     if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
-    return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
-            "minmax": CalibrationMethod.MinMax}[method]
+        raise CalibrationError(
+            f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}"
+        )
+    return {
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "minmax": CalibrationMethod.MinMax,
+    }[method]
 
 
 class _Reader:
     """An ORT CalibrationDataReader over one chunk of preprocessed inputs."""
 
     def __init__(self, name: str, batch: np.ndarray) -> None:
-        self._items = iter([{name: batch[i: i + 1]} for i in range(len(batch))])
+        self._items = iter([{name: batch[i : i + 1]} for i in range(len(batch))])
 
     def get_next(self):
         return next(self._items, None)
@@ -144,9 +179,15 @@ class _Reader:
         return 0
 
 
-def compute_ranges(fp32_onnx: str | Path, card: ModelCard, method: str, cache_file: Path,
-                   load_chunk: Callable[[Sequence[int]], np.ndarray], count: int,
-                   progress: Callable[[int], None] | None = None) -> None:
+def compute_ranges(
+    fp32_onnx: str | Path,
+    card: ModelCard,
+    method: str,
+    cache_file: Path,
+    load_chunk: Callable[[Sequence[int]], np.ndarray],
+    count: int,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Calibrate and write ORT's TensorsData JSON to `cache_file`.
 
     `load_chunk(indices)` returns those calibration images preprocessed, so only one
@@ -159,14 +200,21 @@ def compute_ranges(fp32_onnx: str | Path, card: ModelCard, method: str, cache_fi
 
     with tempfile.TemporaryDirectory(prefix="edgescreen-calib-") as tmp:
         src = model_for_quantization(fp32_onnx, Path(tmp) / "model.onnx")
-        calibrator = create_calibrator(src, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=_ort_method(method),
-                                       extra_options={"symmetric": False})
-        for start in range(0, count, CHUNK):
-            idx = list(range(start, min(count, start + CHUNK)))
-            calibrator.collect_data(_Reader(card.input.name, load_chunk(idx)))
-            if progress:
-                progress(len(idx))
-        ranges = calibrator.compute_data()
+        calibrator = create_calibrator(
+            src,
+            None,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_ort_method(method),
+            extra_options={"symmetric": False},
+        )
+        with contextlib.redirect_stdout(
+            io.StringIO()
+        ):  # ORT prints its progress; keep --json clean
+            for start in range(0, count, CHUNK):
+                idx = list(range(start, min(count, start + CHUNK)))
+                calibrator.collect_data(_Reader(card.input.name, load_chunk(idx)))
+                if progress:
+                    progress(len(idx))
+            ranges = calibrator.compute_data()
         del calibrator
     save_tensors_data(ranges, cache_file)

@@ -11,26 +11,49 @@ EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 2, 3
 
 def add_export_command(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "export", help="export a trained checkpoint to a verified model bundle (needs the export extra)",
+        "export",
+        help="export a trained checkpoint to a verified model bundle (needs the export extra)",
         description="Export CHECKPOINT (model.pt or its run folder) to TorchScript, ONNX FP32/FP16 and "
-                    "calibrated INT8 (Q/DQ), verify every file against PyTorch and FP32, gate the drift "
-                    "and write the bundle atomically. DATA is a load_dataset spec (FORMAT:PATH or a folder) "
-                    "or split:RUN_DIR/splits.json:train|val|test[=FORMAT:PATH] (a training run's split).")
+        "calibrated INT8 (Q/DQ), verify every file against PyTorch and FP32, gate the drift "
+        "and write the bundle atomically. DATA is a load_dataset spec (FORMAT:PATH or a folder) "
+        "or split:RUN_DIR/splits.json:train|val|test[=FORMAT:PATH] (a training run's split).",
+    )
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
-    p.add_argument("--out", required=True, type=Path, help="bundle folder (replaced only when complete)")
-    p.add_argument("--precision", default="fp32,fp16,int8",
-                   help="comma-separated subset of fp32,fp16,int8 (default: all)")
-    p.add_argument("--calib", default=None, metavar="DATA",
-                   help="calibration images (default: the run's training split when splits.json is beside "
-                        "the checkpoint)")
-    p.add_argument("--eval", default=None, metavar="DATA",
-                   help="evaluation images (default: the run's test split)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="bundle folder (replaced only when complete)"
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32,fp16,int8",
+        help="comma-separated subset of fp32,fp16,int8 (default: all)",
+    )
+    p.add_argument(
+        "--calib",
+        default=None,
+        metavar="DATA",
+        help="calibration images (default: the run's training split when splits.json is beside "
+        "the checkpoint)",
+    )
+    p.add_argument(
+        "--eval",
+        default=None,
+        metavar="DATA",
+        help="evaluation images (default: the run's test split)",
+    )
     p.add_argument("--calib-method", choices=("entropy", "percentile", "minmax"), default="entropy")
-    p.add_argument("--calib-size", type=int, default=512, help="calibration images, stratified (default 512)")
-    p.add_argument("--allow-drift", action="store_true",
-                   help="write the bundle even when drift exceeds the card's limits (recorded in the card)")
-    p.add_argument("--allow-synthetic-calibration", action="store_true",
-                   help="accept synthetic (or generated) calibration images for a real-data model (recorded)")
+    p.add_argument(
+        "--calib-size", type=int, default=512, help="calibration images, stratified (default 512)"
+    )
+    p.add_argument(
+        "--allow-drift",
+        action="store_true",
+        help="write the bundle even when drift exceeds the card's limits (recorded in the card)",
+    )
+    p.add_argument(
+        "--allow-synthetic-calibration",
+        action="store_true",
+        help="accept synthetic (or generated) calibration images for a real-data model (recorded)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_export)
@@ -42,11 +65,19 @@ def run_export(args: argparse.Namespace) -> int:
 
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     try:
-        report = export_bundle(args.checkpoint, args.out, precisions=precisions, calib=args.calib,
-                               eval=args.eval, calib_method=args.calib_method, calib_size=args.calib_size,
-                               allow_drift=args.allow_drift,
-                               allow_synthetic_calibration=args.allow_synthetic_calibration,
-                               progress=not args.json, threads=args.threads)
+        report = export_bundle(
+            args.checkpoint,
+            args.out,
+            precisions=precisions,
+            calib=args.calib,
+            eval=args.eval,
+            calib_method=args.calib_method,
+            calib_size=args.calib_size,
+            allow_drift=args.allow_drift,
+            allow_synthetic_calibration=args.allow_synthetic_calibration,
+            progress=not args.json,
+            threads=args.threads,
+        )
     except DriftGateError as exc:
         import sys
 
@@ -74,15 +105,21 @@ def _print(report) -> None:
     console.print(table)
     gate = report.gate
     if gate["violations"]:
-        console.print("[yellow]drift gate FAILED, bundle written because of --allow-drift:[/yellow]")
+        console.print(
+            "[yellow]drift gate FAILED, bundle written because of --allow-drift:[/yellow]"
+        )
         for v in gate["violations"]:
             console.print(f"  {v}")
     elif gate["measured"]:
         console.print("[green]drift gate passed[/green]")
     if report.calibration_cache_hit is not None:
-        console.print(f"calibration ranges: {'reused from' if report.calibration_cache_hit else 'computed, cached in'} "
-                      f"{report.calibration_cache}")
+        console.print(
+            f"calibration ranges: {'reused from' if report.calibration_cache_hit else 'computed, cached in'} "
+            f"{report.calibration_cache}"
+        )
     for row in report.rows:
         if row["flips"]:
-            console.print(f"{row['precision']} decision flips: {', '.join(Path(f).name for f in row['flips'][:10])}"
-                          + (" …" if len(row["flips"]) > 10 else ""))
+            console.print(
+                f"{row['precision']} decision flips: {', '.join(Path(f).name for f in row['flips'][:10])}"
+                + (" …" if len(row["flips"]) > 10 else "")
+            )

@@ -54,11 +54,13 @@ def resolve(data: str | Path | Sequence[Sample] | DataSet | None, *, what: str) 
 def _from_split(spec: str) -> list[Sample]:
     from edgescreen.train.data.loaders import load_dataset, sniff_format
 
-    body = spec[len("split:"):]
+    body = spec[len("split:") :]
     body, _, source = body.partition("=")
     path_text, sep, part = body.rpartition(":")
     if not sep or part not in ("train", "val", "test"):
-        raise EdgescreenError(f"{spec!r}: use split:RUN_DIR/splits.json:train|val|test[=FORMAT:PATH]")
+        raise EdgescreenError(
+            f"{spec!r}: use split:RUN_DIR/splits.json:train|val|test[=FORMAT:PATH]"
+        )
     path = Path(path_text)
     if path.is_dir():
         path = path / "splits.json"
@@ -70,6 +72,11 @@ def _from_split(spec: str) -> list[Sample]:
         raise EdgescreenError(f"{path}: not a training run's splits.json ({exc})") from None
     if not entries:
         raise EdgescreenError(f"{path}: split {part!r} is empty")
+    if not source and all(e.get("file") and "label" in e for e in entries):
+        # Newer runs record each file's label: no need to find and reload the data set.
+        return [_checked(Sample(path=Path(e["ref"]), patient=e["patient"],
+                                label=tuple(e["label"]) if isinstance(e["label"], list) else e["label"]),
+                         e, path) for e in entries]
     if not source:
         start = Path(entries[0]["ref"]).parent
         for folder in (start, *start.parents[:3]):
@@ -80,18 +87,26 @@ def _from_split(spec: str) -> list[Sample]:
             source = str(folder)
             break
         else:
-            raise EdgescreenError(f"{spec!r}: cannot find the data set of {entries[0]['ref']}; "
-                                  f"name it: {spec}=FORMAT:PATH")
+            raise EdgescreenError(
+                f"{spec!r}: cannot find the data set of {entries[0]['ref']}; "
+                f"name it: {spec}=FORMAT:PATH"
+            )
     by_ref = {s.ref: s for s in load_dataset(source).samples}
     chosen = []
     for e in entries:
         s = by_ref.get(e["ref"])
         if s is None:
             raise EdgescreenError(f"{e['ref']}: listed in {path} ({part}) but not in {source}")
-        if e.get("sha256") and sample_hash(s) != e["sha256"]:
-            raise EdgescreenError(f"{e['ref']}: changed since training (sha256 differs from {path})")
-        chosen.append(s)
+        chosen.append(_checked(s, e, path))
     return chosen
+
+
+def _checked(sample: Sample, entry: dict, path: Path) -> Sample:
+    if sample.path is not None and not sample.path.exists():
+        raise EdgescreenError(f"{sample.path}: listed in {path} but missing")
+    if entry.get("sha256") and sample_hash(sample) != entry["sha256"]:
+        raise EdgescreenError(f"{entry['ref']}: changed since training (sha256 differs from {path})")
+    return sample
 
 
 def read_image(sample: Sample) -> np.ndarray:

@@ -21,20 +21,38 @@ def model_card_fragment(card: ModelCard) -> ModelCard:
     return card.replace(artifacts={}, metrics={}, calibration=None)
 
 
-def export_onnx(view: torch.nn.Module, card: ModelCard, path: str | Path, *, opset: int = OPSET,
-                simplify: bool = False) -> Path:
+def export_onnx(
+    view: torch.nn.Module,
+    card: ModelCard,
+    path: str | Path,
+    *,
+    opset: int = OPSET,
+    simplify: bool = False,
+) -> Path:
     """Trace `view` (forward -> tuple of export_outputs) to ONNX, check it, mirror the card."""
     path = Path(path)
     names = [o.name for o in card.outputs]
     if tuple(names) != tuple(view.names):
-        raise ValueError(f"card outputs {names} differ from the model's export_outputs {list(view.names)}")
+        raise ValueError(
+            f"card outputs {names} differ from the model's export_outputs {list(view.names)}"
+        )
     example = torch.zeros(2, *card.input.shape)
     axes = {card.input.name: {0: "batch"}, **{n: {0: "batch"} for n in names}}
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about constant shapes: batch is dynamic by dynamic_axes
-        torch.onnx.export(view.eval(), (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[card.input.name], output_names=names, dynamic_axes=axes,
-                          do_constant_folding=True)
+        warnings.simplefilter(
+            "ignore"
+        )  # tracer warnings about constant shapes: batch is dynamic by dynamic_axes
+        torch.onnx.export(
+            view.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[card.input.name],
+            output_names=names,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     model = onnx.load(str(path))
     if simplify:
         model = _simplify(model)
@@ -46,8 +64,13 @@ def export_onnx(view: torch.nn.Module, card: ModelCard, path: str | Path, *, ops
 
 def set_metadata(model: onnx.ModelProto, card: ModelCard) -> None:
     fragment = model_card_fragment(card)
-    props = {CARD_KEY: card_bytes(fragment).decode(), "name": card.name, "task": card.task,
-             "family": card.family, "labels": json.dumps(list(card.labels))}
+    props = {
+        CARD_KEY: card_bytes(fragment).decode(),
+        "name": card.name,
+        "task": card.task,
+        "family": card.family,
+        "labels": json.dumps(list(card.labels)),
+    }
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)

@@ -21,8 +21,17 @@ import numpy as np
 import onnx
 
 TARGETS = ("tensorrt", "cpu")
-TRT_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool",
-           "MaxPool", "Concat"]
+TRT_OPS = [
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "GlobalAveragePool",
+    "AveragePool",
+    "MaxPool",
+    "Concat",
+]
 
 
 def model_for_quantization(fp32_onnx: str | Path, dst: str | Path) -> str:
@@ -31,8 +40,15 @@ def model_for_quantization(fp32_onnx: str | Path, dst: str | Path) -> str:
     return str(dst)
 
 
-def quantize(fp32_onnx: str | Path, out: str | Path, *, target: str, method: str, cache_file: Path,
-             nodes_to_exclude: Sequence[str] = ()) -> Path:
+def quantize(
+    fp32_onnx: str | Path,
+    out: str | Path,
+    *,
+    target: str,
+    method: str,
+    cache_file: Path,
+    nodes_to_exclude: Sequence[str] = (),
+) -> Path:
     """Write the INT8 Q/DQ model for `target` from the ranges in `cache_file`."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -50,20 +66,33 @@ def quantize(fp32_onnx: str | Path, out: str | Path, *, target: str, method: str
     src = onnx.load(str(fp32_onnx))
     props = [(p.key, p.value) for p in src.metadata_props]
     level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # ORT warns about optional pre-processing on every call
+    logging.getLogger().setLevel(
+        logging.ERROR
+    )  # ORT warns about optional pre-processing on every call
     try:
         quantize_static(
-            str(fp32_onnx), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=TRT_OPS if trt else None, per_channel=True, reduce_range=False,
-            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(nodes_to_exclude), calibrate_method=_ort_method(method),
-            extra_options=extra, calibration_cache_path=str(cache_file),
+            str(fp32_onnx),
+            str(out),
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=TRT_OPS if trt else None,
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(nodes_to_exclude),
+            calibrate_method=_ort_method(method),
+            extra_options=extra,
+            calibration_cache_path=str(cache_file),
         )
     finally:
         logging.getLogger().setLevel(level)
     model = onnx.load(str(out))
     del model.metadata_props[:]
-    for key, value in (*props, ("edgescreen.quantization", f"int8 qdq target={target} method={method}")):
+    for key, value in (
+        *props,
+        ("edgescreen.quantization", f"int8 qdq target={target} method={method}"),
+    ):
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
@@ -77,5 +106,12 @@ def qdq_summary(path: str | Path) -> dict:
     q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     scales = {n.input[0]: float(np.ravel(inits[n.input[1]])[0]) for n in q if n.input[1] in inits}
-    zero_types = sorted({str(inits[n.input[2]].dtype) for n in q if len(n.input) > 2 and n.input[2] in inits})
-    return {"quantize": len(q), "dequantize": len(dq), "activation_scales": scales, "zero_point_types": zero_types}
+    zero_types = sorted(
+        {str(inits[n.input[2]].dtype) for n in q if len(n.input) > 2 and n.input[2] in inits}
+    )
+    return {
+        "quantize": len(q),
+        "dequantize": len(dq),
+        "activation_scales": scales,
+        "zero_point_types": zero_types,
+    }

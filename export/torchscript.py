@@ -27,6 +27,8 @@ def export_torchscript(view: torch.nn.Module, card: ModelCard, path: str | Path)
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, bytes]:
     extra = {CARD_EXTRA: b""}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; the file format is not
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # torch.jit is deprecated; the file format is not
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, extra[CARD_EXTRA]

@@ -180,6 +180,7 @@ def _add_stage_commands(sub) -> None:
 
     for module, fn in (("edgescreen.runtime.batch.cli", "add_batch_command"),
                        ("edgescreen.train.cli", "add_train_command"),
+                       ("edgescreen.export.cli", "add_export_command"),
                        ("edgescreen.benchmarks.cli", "add_bench_command"),
                        ("edgescreen.benchmarks.demo", "add_demo_command"),
                        ("edgescreen.export.trt", "add_engine_command"),

@@ -113,7 +113,10 @@ class Trainer:
     # -- data -----------------------------------------------------------------------------
     def _write_split_manifest(self) -> None:
         # Which image went where, by content: export refuses calibration images that overlap evaluation.
-        manifest = {name: [{"ref": s.ref, "patient": s.patient, "sha256": sample_hash(s)} for s in part]
+        # Labels too, so export can rebuild a split without knowing which loader read it.
+        manifest = {name: [{"ref": s.ref, "patient": s.patient, "sha256": sample_hash(s),
+                            "label": list(s.label) if isinstance(s.label, tuple) else s.label,
+                            "file": s.path is not None} for s in part]
                     for name, part in self.splits.items()}
         (self.out / "splits.json").write_text(json.dumps(manifest, indent=1))
 
@@ -243,6 +246,11 @@ class Trainer:
 
     def _train_epoch(self, model, stage, opt, sched, size, epoch_seed, label) -> float:
         model.train()
+        # A frozen part must stay frozen: its BatchNorm statistics too, not only its weights.
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters()):
+                module.eval()
         loader = self._loader("train", size, train=True, batch_size=stage.batch_size, epoch_seed=epoch_seed)
         use_amp = self.cfg.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

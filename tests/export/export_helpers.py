@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -33,14 +34,24 @@ def make_checkpoint(folder: Path, family: str, *, seed: int = 0) -> Path:
     channels = PreprocessConfig.default(MODALITY[task], size).channels
     if family == "agcnn":
         kwargs = {**kwargs, "in_chans": channels}
-    cfg = TrainConfig(name=f"tiny-{family}", family=family, task=task, model=kwargs, input_size=size,
-                      stages=(StageConfig(name="s", epochs=1, loss="ce"),), seed=seed)
+    cfg = TrainConfig(
+        name=f"tiny-{family}",
+        family=family,
+        task=task,
+        model=kwargs,
+        input_size=size,
+        stages=(StageConfig(name="s", epochs=1, loss="ce"),),
+        seed=seed,
+    )
     torch.manual_seed(seed)
     model = build_model(family, **kwargs).eval()
     card = card_for(cfg, model, default_labels(task))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.pt"
-    torch.save({"config": cfg.to_dict(), "stage": 0, "model": model.state_dict(), "card": card.to_dict()}, path)
+    torch.save(
+        {"config": cfg.to_dict(), "stage": 0, "model": model.state_dict(), "card": card.to_dict()},
+        path,
+    )
     return path
 
 
@@ -65,3 +76,26 @@ def export_cache(tmp_path_factory):
         os.environ.pop("EDGESCREEN_CACHE", None)
     else:
         os.environ["EDGESCREEN_CACHE"] = old
+
+
+def spread_cutpoints(ckpt: Path, data_spec: str) -> None:
+    """Give a random-init DR model cut points at the quantiles of its own grade values on
+    `data_spec`, so its decisions vary between images (a flat model never flips)."""
+    import numpy as np
+
+    from edgescreen.export.data import prepare_batch, resolve
+    from edgescreen.runtime.card import ModelCard
+    from edgescreen.train.checkpoint import load_trained
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    trained = load_trained(ckpt)
+    x = prepare_batch(resolve(data_spec, what="eval").samples, trained.card)
+    with torch.no_grad():
+        values = trained.model(torch.from_numpy(x))["grade_value"].numpy()
+    cuts = tuple(float(c) for c in np.quantile(values, [0.2, 0.4, 0.6, 0.8]))
+    card = ModelCard.from_dict(state["card"])
+    card = card.replace(
+        decision=dataclasses.replace(card.decision, cutpoints=cuts, referable_threshold=None)
+    )
+    state["card"] = card.to_dict()
+    torch.save(state, ckpt)

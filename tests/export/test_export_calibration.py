@@ -7,69 +7,113 @@ import shutil
 
 import numpy as np
 import pytest
-from export_helpers import export_cache, make_checkpoint, synth_set  # noqa: F401 (fixture)
+from export_helpers import export_cache, make_checkpoint, spread_cutpoints, synth_set  # noqa: F401 (fixture)
 
 from edgescreen.export import DriftGateError, export_bundle
 from edgescreen.export.calibration import CalibrationError, select
 from edgescreen.export.quantize import qdq_summary
 from edgescreen.runtime.card import load_card
 
+pytestmark = pytest.mark.usefixtures("export_cache")  # calibration cache private to the session
+
 
 @pytest.fixture(scope="module")
 def dr(tmp_path_factory):
     root = tmp_path_factory.mktemp("dr")
-    return {"ckpt": make_checkpoint(root / "run", "multitask"),
-            "calib": synth_set(root / "calib", "dr_grading", 16, seed=11),
-            "eval": synth_set(root / "eval", "dr_grading", 12, seed=12), "root": root}
+    out = {
+        "ckpt": make_checkpoint(root / "run", "multitask"),
+        "calib": synth_set(root / "calib", "dr_grading", 16, seed=11),
+        "eval": synth_set(root / "eval", "dr_grading", 12, seed=12),
+        "root": root,
+    }
+    spread_cutpoints(out["ckpt"], out["eval"])
+    return out
 
 
-def test_overlapping_calibration_is_refused_naming_the_file(dr, tmp_path, export_cache):
-    with pytest.raises(CalibrationError, match=r"calibration image .*\.png is byte-identical to evaluation"):
-        export_bundle(dr["ckpt"], tmp_path / "b", calib=dr["eval"], eval=dr["eval"],
-                      allow_synthetic_calibration=True, progress=False)
+def test_overlapping_calibration_is_refused_naming_the_file(dr, tmp_path):
+    with pytest.raises(
+        CalibrationError, match=r"calibration image .*\.png is byte-identical to evaluation"
+    ):
+        export_bundle(
+            dr["ckpt"],
+            tmp_path / "b",
+            calib=dr["eval"],
+            eval=dr["eval"],
+            allow_synthetic_calibration=True,
+            progress=False,
+        )
     assert not (tmp_path / "b").exists()
 
 
-def test_synthetic_calibration_needs_the_flag(dr, tmp_path, export_cache):
+def test_synthetic_calibration_needs_the_flag(dr, tmp_path):
     with pytest.raises(CalibrationError, match="allow-synthetic-calibration"):
-        export_bundle(dr["ckpt"], tmp_path / "b", calib=dr["calib"], eval=dr["eval"], progress=False)
+        export_bundle(
+            dr["ckpt"], tmp_path / "b", calib=dr["calib"], eval=dr["eval"], progress=False
+        )
     with pytest.raises(CalibrationError, match="needs calibration images"):
         export_bundle(dr["ckpt"], tmp_path / "b", eval=dr["eval"], progress=False)
 
 
-def test_manifest_cache_and_int8_forms(dr, tmp_path, export_cache):
-    kw = dict(calib=dr["calib"], eval=dr["eval"], calib_size=10, calib_method="minmax", allow_drift=True,
-              allow_synthetic_calibration=True, progress=False)
+def test_manifest_cache_and_int8_forms(dr, tmp_path):
+    kw = dict(
+        calib=dr["calib"],
+        eval=dr["eval"],
+        calib_size=10,
+        calib_method="minmax",
+        allow_drift=True,
+        allow_synthetic_calibration=True,
+        progress=False,
+    )
     first = export_bundle(dr["ckpt"], tmp_path / "a", **kw)
     second = export_bundle(dr["ckpt"], tmp_path / "b", **kw)
-    print("calibration seconds: first", first.seconds.get("calibrate"), "second", second.seconds.get("calibrate"))
+    print(
+        "calibration seconds: first",
+        first.seconds.get("calibrate"),
+        "second",
+        second.seconds.get("calibrate"),
+    )
     assert first.calibration_cache_hit is False and second.calibration_cache_hit is True
     for key in ("model.int8.onnx", "model.int8-cpu.onnx"):
-        assert qdq_summary(tmp_path / "a" / key)["activation_scales"] == \
-            qdq_summary(tmp_path / "b" / key)["activation_scales"]
+        assert (
+            qdq_summary(tmp_path / "a" / key)["activation_scales"]
+            == qdq_summary(tmp_path / "b" / key)["activation_scales"]
+        )
 
     card = load_card(tmp_path / "a")
     cal = card.calibration
-    assert cal["method"] == "minmax" and cal["size"] == 10 and cal["synthetic"] and cal["allowed_by_flag"]
+    assert (
+        cal["method"] == "minmax"
+        and cal["size"] == 10
+        and cal["synthetic"]
+        and cal["allowed_by_flag"]
+    )
     assert sum(cal["class_counts"].values()) == 10 and len(cal["images"]) == 10
     assert all(len(i["sha256"]) == 64 and i["path"] for i in cal["images"])
-    assert card.artifacts["onnx-int8"].target == "tensorrt" and card.artifacts["onnx-int8-cpu"].target == "cpu"
+    assert (
+        card.artifacts["onnx-int8"].target == "tensorrt"
+        and card.artifacts["onnx-int8-cpu"].target == "cpu"
+    )
     assert {"int8", "int8-cpu", "fp16", "fp32", "drift_gate"} <= set(card.metrics)
-    trt, cpu = qdq_summary(tmp_path / "a" / "model.int8.onnx"), qdq_summary(tmp_path / "a" / "model.int8-cpu.onnx")
+    trt, cpu = (
+        qdq_summary(tmp_path / "a" / "model.int8.onnx"),
+        qdq_summary(tmp_path / "a" / "model.int8-cpu.onnx"),
+    )
     assert trt["zero_point_types"] == ["int8"] and "uint8" in cpu["zero_point_types"]
 
 
 def test_stratified_selection_keeps_every_class():
     from edgescreen.train.data.records import Sample
 
-    samples = [Sample(None, k % 5 if i % 4 else 0, f"p{i}", array=np.full((4, 4), i, np.uint8))
-               for i, k in enumerate(range(100))]
+    samples = [
+        Sample(None, k % 5 if i % 4 else 0, f"p{i}", array=np.full((4, 4), i, np.uint8))
+        for i, k in enumerate(range(100))
+    ]
     chosen = select(samples, 10)
     assert len(chosen) == 10 and {s.label for s in chosen} == {0, 1, 2, 3, 4}
     assert select(samples, 10) == chosen
 
 
-def test_broken_calibration_fails_the_gate_and_allow_drift_records_it(dr, tmp_path, export_cache):
+def test_broken_calibration_fails_the_gate_and_allow_drift_records_it(dr, tmp_path):
     import cv2
 
     black = tmp_path / "black"
@@ -89,7 +133,7 @@ def test_broken_calibration_fails_the_gate_and_allow_drift_records_it(dr, tmp_pa
     assert report.gate == gate
 
 
-def test_cli_exit_codes_and_tamper(dr, tmp_path, export_cache, capsys):
+def test_cli_exit_codes_and_tamper(dr, tmp_path, capsys):
     from edgescreen.runtime import cli
 
     def run(*argv):
@@ -109,8 +153,24 @@ def test_cli_exit_codes_and_tamper(dr, tmp_path, export_cache, capsys):
             return 2
 
     bundle = tmp_path / "bundle"
-    assert run("export", dr["ckpt"], "--out", bundle, "--calib", dr["calib"], "--eval", dr["eval"],
-               "--calib-size", "6", "--allow-synthetic-calibration", "--allow-drift", "--json") == 0
+    assert (
+        run(
+            "export",
+            dr["ckpt"],
+            "--out",
+            bundle,
+            "--calib",
+            dr["calib"],
+            "--eval",
+            dr["eval"],
+            "--calib-size",
+            "6",
+            "--allow-synthetic-calibration",
+            "--allow-drift",
+            "--json",
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert [r["precision"] for r in report["rows"]] == ["fp32", "fp16", "int8", "int8-cpu"]
     assert cli.main(["info", str(bundle), "--verify"]) == 0
@@ -123,7 +183,9 @@ def test_cli_exit_codes_and_tamper(dr, tmp_path, export_cache, capsys):
     capsys.readouterr()
     assert cli.main(["info", str(tampered), "--verify"]) == 2
     assert "model.onnx" in capsys.readouterr().err
-    image = next((tampered.parent / "bundle" / "golden").glob("*.json"))  # any file: refused before decoding
+    image = next(
+        (tampered.parent / "bundle" / "golden").glob("*.json")
+    )  # any file: refused before decoding
     assert cli.main(["screen", str(image), "--bundle", str(tampered)]) == 2
     err = capsys.readouterr().err
     assert "model.onnx" in err and "sha256 mismatch" in err

@@ -12,9 +12,11 @@ from edgescreen.export.verify import run_onnx
 from edgescreen.runtime.card import load_card
 from edgescreen.runtime.screen import Screener
 
+pytestmark = pytest.mark.usefixtures("export_cache")  # calibration cache private to the session
+
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_exports_and_screens_like_pytorch(family, tmp_path, export_cache, tmp_path_factory):
+def test_family_exports_and_screens_like_pytorch(family, tmp_path, tmp_path_factory):
     import torch
 
     from edgescreen.export.data import prepare_batch, resolve
@@ -27,10 +29,24 @@ def test_family_exports_and_screens_like_pytorch(family, tmp_path, export_cache,
     evaluation = synth_set(data / "eval", task, 10, seed=2)
     ckpt = make_checkpoint(tmp_path / "run", family)
     bundle = tmp_path / "bundle"
-    report = export_bundle(ckpt, bundle, calib=calib, eval=evaluation, calib_size=8, allow_drift=True,
-                           allow_synthetic_calibration=True, progress=False)
+    report = export_bundle(
+        ckpt,
+        bundle,
+        calib=calib,
+        eval=evaluation,
+        calib_size=8,
+        allow_drift=True,
+        allow_synthetic_calibration=True,
+        progress=False,
+    )
     card = load_card(bundle)
-    assert set(card.artifacts) == {"onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-cpu", "torchscript"}
+    assert set(card.artifacts) == {
+        "onnx-fp32",
+        "onnx-fp16",
+        "onnx-int8",
+        "onnx-int8-cpu",
+        "torchscript",
+    }
     assert {r["precision"] for r in report.rows} == {"fp32", "fp16", "int8", "int8-cpu"}
     assert (bundle / "golden" / "inputs.npy").is_file()
     assert card.metrics["fp32"]["parity_vs_pytorch"]["fp32"]["max_rel_err"] < 1e-4
@@ -43,8 +59,12 @@ def test_family_exports_and_screens_like_pytorch(family, tmp_path, export_cache,
         ref = export_view(trained.model)(torch.from_numpy(x))
     from edgescreen.runtime.postprocess import interpret_batch
 
-    torch_decisions = [i.decision for i in interpret_batch(card, dict(zip(
-        [o.name for o in card.outputs], [r.numpy() for r in ref], strict=True)))]
+    torch_decisions = [
+        i.decision
+        for i in interpret_batch(
+            card, dict(zip([o.name for o in card.outputs], [r.numpy() for r in ref], strict=True))
+        )
+    ]
     with Screener(bundle, precision="fp32") as screener:
         results = list(screener.screen_many([s.path for s in samples]))
     for r, want in zip(results, torch_decisions, strict=True):

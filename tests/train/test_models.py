@@ -15,7 +15,7 @@ from edgescreen.train.models.agcnn import (  # noqa: E402
     attention_box,
     attention_boxes,
     crop_boxes,
-    largest_component,
+    peak_region_boxes,
 )
 from edgescreen.train.models.backbones import (  # noqa: E402
     create_backbone,
@@ -172,12 +172,14 @@ def test_crop_boxes_cut_the_box_from_the_input():
     torch.testing.assert_close(crops[1, 0, 0, 0], img[1, 0, :3, :3].mean(), atol=0.5, rtol=0)
 
 
-def test_largest_component_is_8_connected():
-    mask = torch.zeros(1, 6, 6, dtype=torch.bool)
-    mask[0, [0, 1, 2, 3], [0, 1, 2, 3]] = True  # a diagonal: one 8-connected region of 4
-    mask[0, 5, 0:3] = True  # a separate row of 3
-    region = largest_component(mask)
-    assert region.sum() == 4 and region[0, 3, 3] and not region[0, 5, 0]
+def test_peak_region_grows_8_connected_and_prefers_the_bigger_blob():
+    diagonal = torch.zeros(1, 1, 6, 6)
+    diagonal[0, 0, [0, 1, 2, 3], [0, 1, 2, 3]] = 0.9  # one 8-connected region, grown to its end
+    assert peak_region_boxes(diagonal, 0.7, (6, 6))[0].tolist() == [0.0, 0.0, 4.0, 4.0]
+    heat = torch.zeros(1, 1, 8, 8)
+    heat[0, 0, 1:4, 1:4] = 0.8  # a 3x3 blob
+    heat[0, 0, 6, 6] = 1.0  # a single hotter cell: the raw peak, but not the main region
+    assert peak_region_boxes(heat, 0.7, (8, 8))[0].tolist() == [1.0, 1.0, 4.0, 4.0]
 
 
 def test_anet_attention_sums_to_one(models):

@@ -1,21 +1,20 @@
 """AG-CNN: attention-guided CNN for chest X-ray findings (Guan et al. 2018).
 
 A global branch reads the whole radiograph; its last feature map, reduced to a heat map
-(channel-wise max of |f|), is thresholded and its largest connected region boxed.  A
+(channel-wise max of |f|), is thresholded and its main region boxed (see
+``peak_region_boxes``: the paper's largest connected region, made exportable).  A
 local branch re-reads that box cropped from the *input image* at full resolution, so
 small findings (nodules) are no longer averaged away by the global view; a fusion
 branch classifies the two branches' pooled features together.  Training has three
 stages (``set_stage``): global, then local with global frozen, then fusion alone.
 
-The crop makes the forward pass data-dependent, so the pieces are exposed separately
-(``global_forward``, ``local_forward``, ``fusion_forward``): export may keep them in one
-graph or split them into two models with the box computed in between.
+The box and the crop (RoiAlign) are tensor ops, so the whole forward pass, crop included,
+exports as one graph (export/graph_crop.py); the branches stay separately callable
+(``global_forward``, ``local_forward``, ``fusion_forward``) for staged training.
 """
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,51 +35,52 @@ def attention_heat(fmap: torch.Tensor) -> torch.Tensor:
     return (heat - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def _largest_region(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-    """One (H, W) bool mask -> (labels == largest 8-connected region, its box) or (.., None) if empty.
+def peak_region_boxes(heat: torch.Tensor, tau: float, image_size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, h, w) heat in [0, 1] -> (N, 4) float boxes (x0, y0, x1, y1) in input pixels, x1/y1 exclusive.
 
-    OpenCV, not a torch loop: label propagation by max-pooling needs one pass per pixel of
-    region diameter (seconds per batch at 224 px on a CPU), while OpenCV's two-pass
-    labelling takes well under a millisecond.  OpenCV is a core dependency, so the
-    runtime can reproduce exactly this step between two exported models.  Ties between
-    equal areas go to the region met first in raster order.
+    The paper boxes the largest connected region above tau. Connected-component labelling
+    is not an ONNX/TensorRT op, so the region is grown instead, on the low-res map, from the
+    peak of the 3x3-smoothed heat (which sits in the biggest, densest blob) by repeated 3x3
+    max-pooling restricted to the mask: ArgMax, MaxPool, Resize and Reduce only, so training
+    and the exported graph use this one rule. A map with nothing above tau boxes the image.
     """
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        mask.astype(np.uint8), connectivity=8
-    )
-    if count <= 1:
-        return np.zeros_like(mask, dtype=bool), None
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = (
-        int(stats[best, k])
-        for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT)
-    )
-    return labels == best, (x, y, x + w, y + h)
+    H, W = (int(v) for v in image_size)
+    h, w = (int(v) for v in heat.shape[-2:])
+    mask = (heat >= tau).to(heat.dtype)
+    cells = torch.arange(h * w, device=heat.device)
 
+    def one_hot_peak(m: torch.Tensor) -> torch.Tensor:
+        return (cells[None] == m.flatten(1).argmax(dim=1, keepdim=True)).to(heat.dtype).view_as(heat)
 
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) bool -> the largest 8-connected region of each image's mask."""
-    regions = [_largest_region(m)[0] for m in mask.detach().cpu().numpy()]
-    return torch.from_numpy(np.stack(regions)).to(mask.device)
+    smooth_seed = one_hot_peak(F.avg_pool2d(heat, 3, stride=1, padding=1, count_include_pad=False)) * mask
+    raw_seed = one_hot_peak(heat) * mask
+    use_smooth = smooth_seed.flatten(1).amax(dim=1).view(-1, 1, 1, 1) > 0
+    region = torch.where(use_smooth, smooth_seed, raw_seed)
+    for _ in range(max(1, h * w - 1)):  # a path through the mask is at most h*w - 1 steps long
+        region = F.max_pool2d(region, 3, stride=1, padding=1) * mask
+    near = F.max_pool2d(region, 3, stride=1, padding=1)  # bilinear spills up to one cell out
+    up = F.interpolate(heat, size=(H, W), mode="bilinear", align_corners=False)
+    keep = ((up >= tau) & (F.interpolate(near, size=(H, W), mode="nearest") > 0))[:, 0]
+    rows, cols = keep.any(dim=2), keep.any(dim=1)  # (N, H), (N, W)
+    ys = torch.arange(H, dtype=heat.dtype, device=heat.device)
+    xs = torch.arange(W, dtype=heat.dtype, device=heat.device)
+    big = torch.tensor(float(max(H, W) + 1), dtype=heat.dtype, device=heat.device)
+    y0 = torch.where(rows, ys, big).amin(dim=1)
+    y1 = torch.where(rows, ys, -big).amax(dim=1) + 1
+    x0 = torch.where(cols, xs, big).amin(dim=1)
+    x1 = torch.where(cols, xs, -big).amax(dim=1) + 1
+    empty = ~rows.any(dim=1)
+    zero = torch.zeros_like(y0)
+    return torch.stack([torch.where(empty, zero, x0), torch.where(empty, zero, y0),
+                        torch.where(empty, zero + W, x1), torch.where(empty, zero + H, y1)], dim=1)
 
 
 @torch.no_grad()
 def attention_boxes(
     fmap: torch.Tensor, tau: float = 0.7, *, image_size: tuple[int, int]
 ) -> torch.Tensor:
-    """(N, C, h, w) features (or heat maps) -> (N, 4) long boxes (x0, y0, x1, y1) in input pixels.
-
-    The heat map is up-sampled to ``image_size`` (H, W), thresholded at ``tau``, and the
-    largest connected region boxed; x1, y1 are exclusive, so 0 <= x0 < x1 <= W.  An image
-    with no pixel above ``tau`` (a flat map) gets the whole image.
-    """
-    H, W = (int(v) for v in image_size)
-    heat = F.interpolate(attention_heat(fmap), size=(H, W), mode="bilinear", align_corners=False)
-    boxes = []
-    for m in (heat[:, 0] >= tau).cpu().numpy():
-        box = _largest_region(m)[1]
-        boxes.append(box if box is not None else (0, 0, W, H))
-    return torch.tensor(boxes, dtype=torch.long, device=fmap.device).view(-1, 4)
+    """(N, C, h, w) features (or heat maps) -> (N, 4) long boxes (x0, y0, x1, y1) in input pixels."""
+    return peak_region_boxes(attention_heat(fmap), tau, image_size).long()
 
 
 def attention_box(
@@ -95,7 +95,8 @@ def attention_box(
 
 def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop each image's box and resize it to size x size (bilinear, averaged when shrinking)."""
-    index = torch.arange(len(images), device=images.device, dtype=images.dtype)[:, None]
+    # Batch index built from the tensor, not len(): keeps the batch size dynamic when traced.
+    index = torch.ones_like(images.reshape(images.shape[0], -1)[:, :1]).cumsum(0) - 1
     rois = torch.cat([index, boxes.to(images.dtype)], dim=1)
     return roi_align(
         images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True
@@ -152,7 +153,7 @@ class AGCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         g = self.global_forward(x)
-        boxes = attention_boxes(g["heatmap"], self.tau, image_size=tuple(x.shape[-2:]))
+        boxes = peak_region_boxes(g["heatmap"], self.tau, tuple(x.shape[-2:]))
         loc = self.local_forward(crop_boxes(x, boxes, self.local_size))
         return {
             "scores": self.fusion_forward(g["global_pooled"], loc["local_pooled"]),
