@@ -50,6 +50,8 @@ class TrainConfig:
     stages: tuple[StageConfig, ...]
     working_size: int | None = None  # prepare() resolution before augmentation
     channels: int | None = None
+    # Overrides of the modality's default preprocessing recipe (PreprocessConfig fields).
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     num_workers: int = 0

@@ -75,8 +75,11 @@ def split_samples(data: LabelledSet | Sequence[LabelledSet], cfg: TrainConfig) -
 
 
 def preprocessing_for(cfg: TrainConfig, size: int | None = None) -> PreprocessConfig:
-    base = PreprocessConfig.default(cfg.modality, size or cfg.input_size)
-    return dataclasses.replace(base, channels=cfg.channels) if cfg.channels else base
+    """The runtime recipe this model trains with (and the card will carry)."""
+    base = PreprocessConfig.default(cfg.modality, size or cfg.input_size).to_dict()
+    if cfg.channels:
+        base.update(channels=cfg.channels, mean=[0.5] * cfg.channels, std=[0.5] * cfg.channels)
+    return PreprocessConfig.from_dict({**base, **cfg.preprocessing}, where="config.preprocessing")
 
 
 def card_for(cfg: TrainConfig, model: torch.nn.Module, labels: tuple[str, ...], **extra: Any) -> ModelCard:

@@ -50,7 +50,7 @@ def test_multitask_tiny_learns_dr_grades(tmp_path):
 
 
 def test_ran_tiny_learns_oct_classes(tmp_path):
-    data = load_generic_csv(synthesize("oct", 320, tmp_path / "oct", seed=12, size=96), "oct")
+    data = load_generic_csv(synthesize("oct", 800, tmp_path / "oct", seed=12, size=96), "oct")
     cfg = load_config("ran-tiny")
     y, pred = _fit(cfg, data, tmp_path)
     acc = accuracy(y, pred)
