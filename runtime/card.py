@@ -231,9 +231,16 @@ def save_card(card: ModelCard, bundle: str | Path) -> Path:
     return target
 
 
-def atomic_write(target: Path, data: bytes) -> None:
+def atomic_write(target: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Temp file + fsync + rename: readers see the old file or the new one, never half of one.
+
+    `mode` is set before any byte is written, so a private file (0o600) is never readable
+    by others, not even for a moment.
+    """
+    target = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

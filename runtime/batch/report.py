@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from ..card import atomic_write
 from .ledger import Item, Ledger
 from .patients import Patient, group
 from .sniff import pixel_limit_problem, sniff
@@ -39,18 +40,7 @@ _FILTERS = ("urgent", "refer", "routine", "rescreen", "none", "ungradable", "fai
 # -- files -------------------------------------------------------------------------------------
 def write_private(target: Path, data: bytes) -> None:
     """Atomic write of an owner-only file (never visible half-written or world-readable)."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(Path(target), data, mode=0o600)
 
 
 def load_key(db: Path) -> bytes:
