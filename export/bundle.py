@@ -172,7 +172,7 @@ def export_bundle(
 
     trained = load_trained(checkpoint)
     card: ModelCard = trained.card.replace(artifacts={}, calibration=None)
-    view = export_view(trained.model).eval()
+    view = export_view(trained.model, tuple(card.input.shape)).eval()
     names = [o.name for o in card.outputs]
 
     evaluation = resolve(
