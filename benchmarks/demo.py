@@ -8,7 +8,6 @@ pipeline and drift. The model is a demonstration, never a clinical tool, and say
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil

@@ -45,10 +45,12 @@ def drift_rows(bundle: Path, samples: Sequence, *, threads: int = 2, progress: b
     y = np.array([s.label for s in samples])
     refs = [s.ref for s in samples]
     runs = {}
-    for key, art in card.artifacts.items():
+    for art in card.artifacts.values():
         if art.format == "onnx":
             name = FORMS.get((art.precision, art.target), art.precision)
-            runs[name] = run_onnx(bundle / art.file, x, card.input.name, threads=threads)
+            # The TensorRT-form file is judged as TensorRT computes it (see run_onnx).
+            runs[name] = run_onnx(bundle / art.file, x, card.input.name, threads=threads,
+                                  emulate_qdq=art.target == "tensorrt")
     if "fp32" not in runs:
         raise ValueError(f"{bundle}: no FP32 ONNX model to compare against")
     rows = []

@@ -134,7 +134,18 @@ def _inputs(bundle: Path, batch: int) -> np.ndarray:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident memory of this process, in MB.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a worker
+    started by a big parent (the demo, after training) would report the parent's peak.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(argv: list[str] | None = None) -> None:

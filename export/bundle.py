@@ -341,7 +341,8 @@ def _build(
                 results[pkey] = V.compare(
                     card,
                     fp32_out,
-                    V.run_onnx(tmp / FILES[key], x_eval, card.input.name, threads=threads),
+                    V.run_onnx(tmp / FILES[key], x_eval, card.input.name, threads=threads,
+                               emulate_qdq=key == "onnx-int8"),
                     y_eval,
                     refs,
                 )

@@ -34,6 +34,29 @@ TRT_OPS = [
 ]
 
 
+def head_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes after global pooling: the heads (classifier, regression, ordinal, combiner).
+
+    They cost nothing next to the backbone, and quantizing them clips the grade value and
+    logits to calibrated ranges (measured on the demo DR model: CPU-form INT8 ΔQWK -0.26
+    with the heads quantized, -0.02 with them in float). They stay in float.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    pooled = [n for n in model.graph.node if n.op_type in ("GlobalAveragePool", "GlobalMaxPool")
+              or (n.op_type in ("ReduceMean", "ReduceMax") and not any(a.name == "keepdims" and a.i for a in n.attribute))]
+    seen: dict[str, None] = {}
+    todo = [out for n in pooled for out in n.output]
+    while todo:
+        for node in consumers.get(todo.pop(), []):
+            if node.name not in seen:
+                seen[node.name] = None
+                todo.extend(node.output)
+    return list(seen)
+
+
 def model_for_quantization(fp32_onnx: str | Path, dst: str | Path) -> str:
     """The graph calibrated and quantized: the FP32 file as exported (BN already folded)."""
     shutil.copyfile(fp32_onnx, dst)
@@ -47,9 +70,9 @@ def quantize(
     target: str,
     method: str,
     cache_file: Path,
-    nodes_to_exclude: Sequence[str] = (),
+    nodes_to_exclude: Sequence[str] | None = None,
 ) -> Path:
-    """Write the INT8 Q/DQ model for `target` from the ranges in `cache_file`."""
+    """Write the INT8 Q/DQ model for `target` from the ranges in `cache_file` (heads stay float)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from .calibration import _ort_method
@@ -64,6 +87,8 @@ def quantize(
         "ForceQuantizeNoInputCheck": False,
     }
     src = onnx.load(str(fp32_onnx))
+    if nodes_to_exclude is None:
+        nodes_to_exclude = head_nodes(src)
     props = [(p.key, p.value) for p in src.metadata_props]
     level = logging.getLogger().level
     logging.getLogger().setLevel(

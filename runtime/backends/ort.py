@@ -22,6 +22,7 @@ class OrtBackend:
                  device: str = "auto") -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: ORT's optimizer warnings are not for technicians
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
