@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgescreen.runtime.errors import EdgescreenError
 from edgescreen.train.data.loaders import load_cxr14_mini, load_srahim_fundus
 from edgescreen.train.data.records import Sample

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+
 from edgescreen.runtime.errors import EdgescreenError
 from edgescreen.runtime.labels import CXR_FINDINGS, DR_GRADES, NO_FINDING, OCT_CLASSES
 from edgescreen.train.data.records import UNGRADABLE, LabelledSet, RowProblem, Sample

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from edgescreen.runtime.labels import NO_FINDING
 
 TASKS: tuple[str, ...] = ("dr", "oct", "cxr", "pneumonia")

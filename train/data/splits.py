@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from edgescreen.runtime.errors import EdgescreenError
 from edgescreen.train.data.records import Sample
 
