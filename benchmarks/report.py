@@ -144,7 +144,7 @@ def plots(data: dict[str, Any], stem: Path) -> dict[str, Path]:
             med = [r["per_image_ms"] for r in sel]
             p95 = [r["p95_ms"] / batch - r["per_image_ms"] for r in sel]
             ax.barh(names, med, xerr=[[0] * len(sel), p95], color="#4878a8", capsize=3)
-            ax.set_title(f"batch {batch}: ms per image (bar: median, whisker: p95)")
+            ax.set_title(f"batch {batch}: ms/image (median; whisker p95)")
             ax.invert_yaxis()
             ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()

@@ -40,10 +40,19 @@ def run_onnx(
     *,
     batch: int = 16,
     threads: int | None = None,
+    emulate_qdq: bool = False,
 ) -> dict[str, np.ndarray]:
+    """Outputs of an ONNX file in ONNX Runtime on the CPU.
+
+    `emulate_qdq` runs Q/DQ nodes as written (quantize, dequantize, float op) instead of
+    fusing them into ORT's x86 integer kernels, whose int16 intermediate saturation adds
+    error TensorRT does not have: it is how the TensorRT-form INT8 file is judged here.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if emulate_qdq:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
