@@ -7,6 +7,7 @@ long the list of images is.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -18,8 +19,16 @@ import numpy as np
 
 from . import __version__
 from .backends import Backend, load_backend, resolve_backend
-from .card import Artifact, ModelCard, bundle_sha256, load_card, verify_artifacts
-from .errors import CardError, EdgescreenError, ImageError
+from .card import (
+    Artifact,
+    ModelCard,
+    atomic_write,
+    bundle_sha256,
+    load_card,
+    sha256_file,
+    verify_artifacts,
+)
+from .errors import BackendUnavailable, CardError, EdgescreenError, ImageError
 from .imageio import load_image
 from .postprocess import interpret_batch
 from .preprocess import find_fundus_disc, preprocess
@@ -53,6 +62,28 @@ def select_artifact(card: ModelCard, precision: str, backend: str, device: str =
     return min(onnx.items(), key=lambda kv: prefer.index(kv[1].target))
 
 
+def ensure_engine_selftest(bundle: Path, precision: str, engine: Path) -> None:
+    """Run the golden self-test once per new engine; refuse an engine that fails it.
+
+    A passing run leaves `<engine>.selftest.json` holding the engine's sha256, so a rebuilt
+    plan (same name, new bytes) is tested again and an unchanged one costs one hash.
+    """
+    from .golden import selftest
+
+    marker = engine.with_name(engine.name + ".selftest.json")
+    digest = sha256_file(engine)
+    try:
+        if json.loads(marker.read_text()).get("engine_sha256") == digest:
+            return
+    except (OSError, ValueError):
+        pass
+    report = selftest(bundle, precision, "tensorrt")
+    if not report.ready:
+        raise BackendUnavailable(f"{engine}: this {precision} engine failed its self-test on this device "
+                                 f"({'; '.join(report.reasons)}); rebuild it or screen with --backend onnxruntime")
+    atomic_write(marker, json.dumps({"engine_sha256": digest, **report.to_dict()}, indent=2).encode())
+
+
 class Screener:
     """A loaded bundle, ready to screen. Use as a context manager or call close()."""
 
@@ -66,6 +97,11 @@ class Screener:
             # Engines are built per device and keyed by the model's sha256 (engine_cache), not
             # listed in the card; the backend refuses a stale or foreign one.
             self.backend: Backend = load_backend("tensorrt", self.bundle, precision=precision)
+            try:
+                ensure_engine_selftest(self.bundle, precision, Path(self.backend.engine_path))
+            except BaseException:
+                self.backend.close()
+                raise
             artifact_file = str(Path(self.backend.engine_path).relative_to(self.bundle))
         else:
             key, artifact = select_artifact(self.card, precision, backend)

@@ -124,3 +124,35 @@ def test_oct_and_cxr_decisions(tmp_path):
     assert a.positive_findings == ["Cardiomegaly"] and a.decision == "refer"
     assert "radiologist" in a.action
     assert b.positive_findings == [] and b.decision == "none"
+
+
+def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path, monkeypatch):
+    """The marker logic around the golden self-test (the TensorRT run itself needs a GPU)."""
+    import json
+
+    import edgescreen.runtime.golden as golden
+    from edgescreen.runtime.golden import SelfTestReport
+    from edgescreen.runtime.screen import ensure_engine_selftest
+
+    engine = tmp_path / "engines" / "fp16-sm87.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"plan v1")
+    calls = []
+
+    def fake_selftest(bundle, precision, backend, ready=True):
+        calls.append(backend)
+        return SelfTestReport(str(bundle), precision, backend, "cuda:0", ready, [] if ready else ["max rel 0.4"])
+
+    monkeypatch.setattr(golden, "selftest", lambda b, p, k: fake_selftest(b, p, k, ready=False))
+    with pytest.raises(BackendUnavailable, match="failed its self-test.*max rel 0.4"):
+        ensure_engine_selftest(tmp_path, "fp16", engine)
+    assert not (tmp_path / "engines" / "fp16-sm87.engine.selftest.json").exists()
+
+    monkeypatch.setattr(golden, "selftest", fake_selftest)
+    ensure_engine_selftest(tmp_path, "fp16", engine)
+    ensure_engine_selftest(tmp_path, "fp16", engine)  # unchanged engine: no second run
+    marker = json.loads((tmp_path / "engines" / "fp16-sm87.engine.selftest.json").read_text())
+    assert marker["ready"] is True and len(calls) == 2  # the failed run, then one passing run
+    engine.write_bytes(b"plan v2, rebuilt")
+    ensure_engine_selftest(tmp_path, "fp16", engine)
+    assert len(calls) == 3
