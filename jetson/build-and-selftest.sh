@@ -18,7 +18,7 @@ mkdir -p "$REPORTS"
 {
     echo "date: $(date -Iseconds)"
     echo "l4t: $(head -n1 /etc/nv_tegra_release 2>/dev/null || echo unknown)"
-    echo "model: $(tr -d '\0' </proc/device-tree/model 2>/dev/null || echo unknown)"
+    echo "model: $( { tr -d '\0' </proc/device-tree/model; } 2>/dev/null || echo unknown)"
     echo "nvpmodel: $(nvpmodel -q 2>/dev/null | tr '\n' ' ' || echo unknown)"
 } >"$REPORTS/device.txt"
 
