@@ -10,7 +10,11 @@ from typing import Any
 
 FLOORS = {
     # name: (ratio or drift key, comparison, required)
-    "INT8 CPU-form vs PyTorch eager FP32, batch 1": ("onnxruntime-int8-cpu-form_vs_eager_fp32_b1", ">=", 4.0),
+    "INT8 CPU-form vs PyTorch eager FP32, batch 1": (
+        "onnxruntime-int8-cpu-form_vs_eager_fp32_b1",
+        ">=",
+        4.0,
+    ),
     "runtime pipeline vs naive pipeline": ("runtime_vs_naive", ">=", 4.0),
     "runtime pipeline vs its slower bound": ("runtime_vs_bound", ">=", 0.8),
     "INT8 (TensorRT form) |ΔQWK|": ("int8|abs_delta", "<=", 0.01),
@@ -36,18 +40,34 @@ def evaluate_floors(data: dict[str, Any]) -> list[dict[str, Any]]:
     for name, (key, op, required) in FLOORS.items():
         if key not in values:
             continue
-        if name.endswith("|ΔQWK|") and data.get("drift") and data["drift"][0].get("metric_name") != "qwk":
+        if (
+            name.endswith("|ΔQWK|")
+            and data.get("drift")
+            and data["drift"][0].get("metric_name") != "qwk"
+        ):
             continue  # the QWK floors are for DR models
         value = values[key]
         passed = value >= required if op == ">=" else value <= required
-        floors.append({"name": name, "value": value, "required": f"{op} {required}", "passed": bool(passed)})
+        floors.append(
+            {"name": name, "value": value, "required": f"{op} {required}", "passed": bool(passed)}
+        )
     return floors
 
 
-def run_bench(bundle: Path, *, eval_samples=None, images: list[Path] | None = None, checkpoint: Path | None = None,
-              out: Path | None = Path("benchmarks/results"), threads: int = 2, batches: tuple[int, ...] = (1, 8),
-              min_seconds: float = 3.0, min_iters: int = 20, progress: bool = True,
-              drift_label: str | None = None) -> dict[str, Any]:
+def run_bench(
+    bundle: Path,
+    *,
+    eval_samples=None,
+    images: list[Path] | None = None,
+    checkpoint: Path | None = None,
+    out: Path | None = Path("benchmarks/results"),
+    threads: int = 2,
+    batches: tuple[int, ...] = (1, 8),
+    min_seconds: float = 3.0,
+    min_iters: int = 20,
+    progress: bool = True,
+    drift_label: str | None = None,
+) -> dict[str, Any]:
     """Run the suites and (when `out` is set) write the results; returns the results dict."""
     from edgescreen.runtime.card import bundle_sha256, load_card
 
@@ -65,15 +85,30 @@ def run_bench(bundle: Path, *, eval_samples=None, images: list[Path] | None = No
         task = bar.add_task("latency", total=len(jobs))
         for config, batch in jobs:
             bar.update(task, description=f"latency {config.name} b{batch}")
-            rows.append(measure(bundle, config, batch, threads=threads, min_iters=min_iters,
-                                min_seconds=min_seconds, warmup=3, checkpoint=checkpoint))
+            rows.append(
+                measure(
+                    bundle,
+                    config,
+                    batch,
+                    threads=threads,
+                    min_iters=min_iters,
+                    min_seconds=min_seconds,
+                    warmup=3,
+                    checkpoint=checkpoint,
+                )
+            )
             bar.advance(task)
     data: dict[str, Any] = {
         "schema": "edgescreen-bench/1",
         "date": date.today().isoformat(),
         "machine": describe(threads),
-        "bundle": {"name": card.name, "task": card.task, "family": card.family, "sha256": bundle_sha256(card),
-                   "input": list(card.input.shape)},
+        "bundle": {
+            "name": card.name,
+            "task": card.task,
+            "family": card.family,
+            "sha256": bundle_sha256(card),
+            "input": list(card.input.shape),
+        },
         "latency": rows,
         "ratios": latency_ratios(rows),
     }
@@ -81,8 +116,13 @@ def run_bench(bundle: Path, *, eval_samples=None, images: list[Path] | None = No
         images = [s.path for s in eval_samples if s.path is not None]
     if images:
         int8 = any(a.precision == "int8" for a in card.artifacts.values())
-        data["pipeline"] = run_pipeline(bundle, images, checkpoint=checkpoint, precision="int8" if int8 else "fp32",
-                                        threads=threads)
+        data["pipeline"] = run_pipeline(
+            bundle,
+            images,
+            checkpoint=checkpoint,
+            precision="int8" if int8 else "fp32",
+            threads=threads,
+        )
     if eval_samples:
         from .drift import drift_rows
 
@@ -97,21 +137,38 @@ def run_bench(bundle: Path, *, eval_samples=None, images: list[Path] | None = No
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=True,
+    )
 
 
 def add_bench_command(sub) -> None:
-    p = sub.add_parser("bench", help="latency, pipeline and drift benchmarks over a bundle",
-                       description="Benchmark a bundle: latency per backend/precision, the end-to-end "
-                                   "pipeline on real images, and drift of every precision against FP32.")
+    p = sub.add_parser(
+        "bench",
+        help="latency, pipeline and drift benchmarks over a bundle",
+        description="Benchmark a bundle: latency per backend/precision, the end-to-end "
+        "pipeline on real images, and drift of every precision against FP32.",
+    )
     p.add_argument("bundle", type=Path)
-    p.add_argument("--data", help="labelled evaluation data: FORMAT:PATH or a folder with labels.csv")
-    p.add_argument("--checkpoint", type=Path, help="model.pt from `edgescreen train`: adds the PyTorch baseline")
+    p.add_argument(
+        "--data", help="labelled evaluation data: FORMAT:PATH or a folder with labels.csv"
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="model.pt from `edgescreen train`: adds the PyTorch baseline",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="use at most N evaluation images")
-    p.add_argument("--min-seconds", type=float, default=3.0, help="timing per latency configuration")
+    p.add_argument(
+        "--min-seconds", type=float, default=3.0, help="timing per latency configuration"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -122,9 +179,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from edgescreen.train.data.loaders import load_dataset
 
         samples = load_dataset(args.data).samples[: args.limit]
-    data = run_bench(args.bundle, eval_samples=samples, checkpoint=args.checkpoint, out=args.out,
-                     threads=args.threads, min_seconds=args.min_seconds, progress=not args.json,
-                     drift_label=args.data)
+    data = run_bench(
+        args.bundle,
+        eval_samples=samples,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        threads=args.threads,
+        min_seconds=args.min_seconds,
+        progress=not args.json,
+        drift_label=args.data,
+    )
     if args.json:
         print(json.dumps(data, indent=2))
     else:

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-NOT_CLINICAL = ("DEMO MODEL, NOT FOR CLINICAL USE: trained in minutes on synthetic images and a few hundred "
-                "public photos; its grades are an engineering demonstration only.")
+NOT_CLINICAL = (
+    "DEMO MODEL, NOT FOR CLINICAL USE: trained in minutes on synthetic images and a few hundred "
+    "public photos; its grades are an engineering demonstration only."
+)
 SHARED_FUNDUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fundus-dr-srahim"
 
 
@@ -54,8 +56,16 @@ def prepare_data(work: Path, *, real_dir: Path | None, n_synth: int, seed: int):
     return LabelledSet("demo-train", "dr", labels, train), calib, held_out
 
 
-def run_demo(work: Path, *, real_dir: Path | None = SHARED_FUNDUS, n_synth: int = 600, seed: int = 0,
-             config: str = "multitask-tiny", bench_seconds: float = 2.0, results_dir: Path | None = None) -> dict[str, Any]:
+def run_demo(
+    work: Path,
+    *,
+    real_dir: Path | None = SHARED_FUNDUS,
+    n_synth: int = 600,
+    seed: int = 0,
+    config: str = "multitask-tiny",
+    bench_seconds: float = 2.0,
+    results_dir: Path | None = None,
+) -> dict[str, Any]:
     from edgescreen.export import export_bundle
     from edgescreen.runtime.batch.ledger import Ledger
     from edgescreen.runtime.batch.pipeline import BatchOptions, run_batch
@@ -70,7 +80,9 @@ def run_demo(work: Path, *, real_dir: Path | None = SHARED_FUNDUS, n_synth: int 
 
     began = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    real_dir = real_dir.resolve() if real_dir is not None and (real_dir / "labels.csv").exists() else None
+    real_dir = (
+        real_dir.resolve() if real_dir is not None and (real_dir / "labels.csv").exists() else None
+    )
     _say(f"[bold red]{NOT_CLINICAL}[/bold red]")
     _say(f"work folder: {work}; real photos: {real_dir or 'not found (synthetic only)'}")
 
@@ -85,9 +97,16 @@ def run_demo(work: Path, *, real_dir: Path | None = SHARED_FUNDUS, n_synth: int 
 
     _say("[bold]3/5 export[/bold] FP32 / FP16 / INT8, calibrated on real training-patient photos")
     bundle = work / "bundle"
-    report = export_bundle(result.checkpoint, bundle, precisions=("fp32", "fp16", "int8"),
-                           calib=calib or None, eval=held_out or None, allow_drift=True,
-                           allow_synthetic_calibration=not calib, progress=True)
+    report = export_bundle(
+        result.checkpoint,
+        bundle,
+        precisions=("fp32", "fp16", "int8"),
+        calib=calib or None,
+        eval=held_out or None,
+        allow_drift=True,
+        allow_synthetic_calibration=not calib,
+        progress=True,
+    )
     _say(report.table() if hasattr(report, "table") else str(report))
 
     screening: dict[str, Any] = {}
@@ -111,24 +130,46 @@ def run_demo(work: Path, *, real_dir: Path | None = SHARED_FUNDUS, n_synth: int 
             ledger.close()
         decisions: dict[str, int] = {}
         for item in items:
-            decisions[item.decision or item.state] = decisions.get(item.decision or item.state, 0) + 1
-        screening = {"images": len(held_out), "finished": stats.finished, "decisions": decisions,
-                     "report": str(work / "report.html")}
-        graded = [(truth[Path(i.path).name], i.result["grade"]) for i in items
-                  if i.result and i.result.get("grade") is not None and Path(i.path).name in truth]
+            decisions[item.decision or item.state] = (
+                decisions.get(item.decision or item.state, 0) + 1
+            )
+        screening = {
+            "images": len(held_out),
+            "finished": stats.finished,
+            "decisions": decisions,
+            "report": str(work / "report.html"),
+        }
+        graded = [
+            (truth[Path(i.path).name], i.result["grade"])
+            for i in items
+            if i.result and i.result.get("grade") is not None and Path(i.path).name in truth
+        ]
         if graded:
             y, p = zip(*graded, strict=True)
             screening["qwk_vs_labels"] = quadratic_weighted_kappa(list(y), list(p), 5)
         _say(json.dumps(screening, indent=2))
 
     _say("[bold]5/5 bench[/bold]: latency, pipeline and drift, side by side in one run")
-    bench = run_bench(bundle, eval_samples=held_out or None, checkpoint=result.checkpoint,
-                      out=results_dir, min_seconds=bench_seconds, min_iters=10,
-                      drift_label=f"{len(held_out)} held-out real fundus photos ({real_dir})" if held_out else None)
+    bench = run_bench(
+        bundle,
+        eval_samples=held_out or None,
+        checkpoint=result.checkpoint,
+        out=results_dir,
+        min_seconds=bench_seconds,
+        min_iters=10,
+        drift_label=f"{len(held_out)} held-out real fundus photos ({real_dir})"
+        if held_out
+        else None,
+    )
     _say(markdown(bench))
-    summary = {"seconds": round(time.perf_counter() - began, 1), "bundle": str(bundle), "screening": screening,
-               "validation": {result.metric_name: result.val_metric}, "bench": bench.get("written", {}),
-               "floors": bench["floors"]}
+    summary = {
+        "seconds": round(time.perf_counter() - began, 1),
+        "bundle": str(bundle),
+        "screening": screening,
+        "validation": {result.metric_name: result.val_metric},
+        "bench": bench.get("written", {}),
+        "floors": bench["floors"],
+    }
     (work / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _say(f"[bold]done in {summary['seconds']:.0f}s[/bold]; summary: {work / 'demo-summary.json'}")
     _say(f"[bold red]{NOT_CLINICAL}[/bold red]")
@@ -136,14 +177,37 @@ def run_demo(work: Path, *, real_dir: Path | None = SHARED_FUNDUS, n_synth: int 
 
 
 def add_demo_command(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: synth -> train -> export -> screen -> bench, on a CPU",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path.home() / "edgescreen-demo",
-                   help="folder for data, checkpoints, the bundle and reports (default ~/edgescreen-demo)")
-    p.add_argument("--real", type=Path, default=SHARED_FUNDUS, help="the real fundus set (labels.csv layout)")
+    p = sub.add_parser(
+        "demo",
+        help="the main job: synth -> train -> export -> screen -> bench, on a CPU",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path.home() / "edgescreen-demo",
+        help="folder for data, checkpoints, the bundle and reports (default ~/edgescreen-demo)",
+    )
+    p.add_argument(
+        "--real", type=Path, default=SHARED_FUNDUS, help="the real fundus set (labels.csv layout)"
+    )
     p.add_argument("--synthetic", type=int, default=600, help="number of synthetic training photos")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", type=Path, default=None,
-                   help="also write benchmark results here (e.g. benchmarks/results)")
-    p.set_defaults(func=lambda a: (run_demo(a.work, real_dir=a.real, n_synth=a.synthetic, seed=a.seed,
-                                            results_dir=a.results or a.work / "results"), 0)[1])
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="also write benchmark results here (e.g. benchmarks/results)",
+    )
+    p.set_defaults(
+        func=lambda a: (
+            run_demo(
+                a.work,
+                real_dir=a.real,
+                n_synth=a.synthetic,
+                seed=a.seed,
+                results_dir=a.results or a.work / "results",
+            ),
+            0,
+        )[1]
+    )

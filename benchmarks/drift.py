@@ -34,14 +34,24 @@ def _ece(card, outputs: dict[str, np.ndarray], y: np.ndarray) -> float:
     return metrics.expected_calibration_error(y.astype(int), probs)
 
 
-def drift_rows(bundle: Path, samples: Sequence, *, threads: int = 2, progress: bool = False) -> list[dict[str, Any]]:
+def drift_rows(
+    bundle: Path, samples: Sequence, *, threads: int = 2, progress: bool = False
+) -> list[dict[str, Any]]:
     from edgescreen.export.verify import compare, run_onnx
 
     bundle = Path(bundle)
     card = load_card(bundle)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        x = np.stack(list(pool.map(lambda s: preprocess(s.array if s.array is not None else load_image(s.path),
-                                                           card.preprocessing), samples)))
+        x = np.stack(
+            list(
+                pool.map(
+                    lambda s: preprocess(
+                        s.array if s.array is not None else load_image(s.path), card.preprocessing
+                    ),
+                    samples,
+                )
+            )
+        )
     y = np.array([s.label for s in samples])
     refs = [s.ref for s in samples]
     runs = {}
@@ -49,17 +59,35 @@ def drift_rows(bundle: Path, samples: Sequence, *, threads: int = 2, progress: b
         if art.format == "onnx":
             name = FORMS.get((art.precision, art.target), art.precision)
             # The TensorRT-form file is judged as TensorRT computes it (see run_onnx).
-            runs[name] = run_onnx(bundle / art.file, x, card.input.name, threads=threads,
-                                  emulate_qdq=art.target == "tensorrt")
+            runs[name] = run_onnx(
+                bundle / art.file,
+                x,
+                card.input.name,
+                threads=threads,
+                emulate_qdq=art.target == "tensorrt",
+            )
     if "fp32" not in runs:
         raise ValueError(f"{bundle}: no FP32 ONNX model to compare against")
     rows = []
     for name, outputs in runs.items():
         r = compare(card, runs["fp32"], outputs, y, refs)
         lo, hi = r["delta_ci95"]
-        rows.append({"precision": name, "metric_name": r["metric_name"], "metric": r["metric"],
-                     "delta": r["delta"], "ci_low": lo, "ci_high": hi, "flips": r["flip_count"],
-                     "flip_rate": r["flip_rate"], "flipped_images": [f["image"] for f in r["flips"]],
-                     "sensitivity": r["referral_sensitivity"], "specificity": r["referral_specificity"],
-                     "ece": _ece(card, outputs, y), "max_abs_err": r["max_abs_err"], "images": len(y)})
+        rows.append(
+            {
+                "precision": name,
+                "metric_name": r["metric_name"],
+                "metric": r["metric"],
+                "delta": r["delta"],
+                "ci_low": lo,
+                "ci_high": hi,
+                "flips": r["flip_count"],
+                "flip_rate": r["flip_rate"],
+                "flipped_images": [f["image"] for f in r["flips"]],
+                "sensitivity": r["referral_sensitivity"],
+                "specificity": r["referral_specificity"],
+                "ece": _ece(card, outputs, y),
+                "max_abs_err": r["max_abs_err"],
+                "images": len(y),
+            }
+        )
     return rows

@@ -52,8 +52,16 @@ def available_configs(bundle: Path, *, checkpoint: Path | None = None) -> list[C
     for key, artifact in keys.items():
         if artifact.format != "onnx":
             continue
-        suffix = {"tensorrt": "-trt-form", "cpu": "-cpu-form"}.get(artifact.target, "") if artifact.precision == "int8" else ""
-        configs.append(Config(f"onnxruntime-{artifact.precision}{suffix}", "onnxruntime", artifact.precision, key))
+        suffix = (
+            {"tensorrt": "-trt-form", "cpu": "-cpu-form"}.get(artifact.target, "")
+            if artifact.precision == "int8"
+            else ""
+        )
+        configs.append(
+            Config(
+                f"onnxruntime-{artifact.precision}{suffix}", "onnxruntime", artifact.precision, key
+            )
+        )
     if importlib.util.find_spec("tensorrt") is not None:
         from edgescreen.runtime.backends.trt import engine_available
 
@@ -63,21 +71,50 @@ def available_configs(bundle: Path, *, checkpoint: Path | None = None) -> list[C
     return configs
 
 
-def measure(bundle: Path, config: Config, batch: int, *, threads: int, min_iters: int, min_seconds: float,
-            warmup: int, checkpoint: Path | None = None, timeout: float = 900) -> dict:
+def measure(
+    bundle: Path,
+    config: Config,
+    batch: int,
+    *,
+    threads: int,
+    min_iters: int,
+    min_seconds: float,
+    warmup: int,
+    checkpoint: Path | None = None,
+    timeout: float = 900,
+) -> dict:
     """Run one configuration in a fresh process and return its row (or the error)."""
     env = dict(os.environ)
     tcmalloc = find_tcmalloc()
     if tcmalloc and "tcmalloc" not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, env.get("LD_PRELOAD")) if p)
     env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "edgescreen.benchmarks.latency", str(bundle), json.dumps(asdict(config)),
-           str(batch), "--threads", str(threads), "--min-iters", str(min_iters), "--min-seconds", str(min_seconds),
-           "--warmup", str(warmup)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgescreen.benchmarks.latency",
+        str(bundle),
+        json.dumps(asdict(config)),
+        str(batch),
+        "--threads",
+        str(threads),
+        "--min-iters",
+        str(min_iters),
+        "--min-seconds",
+        str(min_seconds),
+        "--warmup",
+        str(warmup),
+    ]
     if checkpoint is not None:
         cmd += ["--checkpoint", str(checkpoint)]
-    base = {"config": config.name, "backend": config.backend, "precision": config.precision, "batch": batch,
-            "threads": threads, "allocator": allocator(env)}
+    base = {
+        "config": config.name,
+        "backend": config.backend,
+        "precision": config.precision,
+        "batch": batch,
+        "threads": threads,
+        "allocator": allocator(env),
+    }
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -177,13 +214,23 @@ def worker(argv: list[str] | None = None) -> None:
         times.append((time.perf_counter() - t) * 1000)
     times_arr = np.array(times)
     median = float(np.median(times_arr))
-    print(json.dumps({
-        "iters": len(times), "median_ms": median, "p95_ms": float(np.percentile(times_arr, 95)),
-        "p99_ms": float(np.percentile(times_arr, 99)), "mean_ms": float(times_arr.mean()),
-        "per_image_ms": median / args.batch, "throughput_ips": args.batch * 1000 / median,
-        "cold_start_ms": cold_ms, "peak_rss_mb": _rss_mb(), "rss_before_mb": rss_before,
-        "error": None,
-    }))
+    print(
+        json.dumps(
+            {
+                "iters": len(times),
+                "median_ms": median,
+                "p95_ms": float(np.percentile(times_arr, 95)),
+                "p99_ms": float(np.percentile(times_arr, 99)),
+                "mean_ms": float(times_arr.mean()),
+                "per_image_ms": median / args.batch,
+                "throughput_ips": args.batch * 1000 / median,
+                "cold_start_ms": cold_ms,
+                "peak_rss_mb": _rss_mb(),
+                "rss_before_mb": rss_before,
+                "error": None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

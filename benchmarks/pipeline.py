@@ -30,15 +30,24 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("nan")
 
 
-def runtime_pipeline(bundle: Path, images: list[Path], *, precision: str, threads: int, workers: int,
-                     batch_size: int) -> dict[str, Any]:
-    with Screener(bundle, precision=precision, backend="onnxruntime", threads=threads, workers=workers) as s:
+def runtime_pipeline(
+    bundle: Path, images: list[Path], *, precision: str, threads: int, workers: int, batch_size: int
+) -> dict[str, Any]:
+    with Screener(
+        bundle, precision=precision, backend="onnxruntime", threads=threads, workers=workers
+    ) as s:
         list(s.screen_many(images[:batch_size], batch_size=batch_size))  # warm-up
         start = time.perf_counter()
         results = list(s.screen_many(images, batch_size=batch_size))
         seconds = time.perf_counter() - start
-    return {"images": len(images), "seconds": seconds, "images_per_s": _rate(len(images), seconds),
-            "ok": sum(r.status == "ok" for r in results), "precision": precision, "batch_size": batch_size}
+    return {
+        "images": len(images),
+        "seconds": seconds,
+        "images_per_s": _rate(len(images), seconds),
+        "ok": sum(r.status == "ok" for r in results),
+        "precision": precision,
+        "batch_size": batch_size,
+    }
 
 
 def decode_only(bundle: Path, images: list[Path], *, workers: int) -> dict[str, Any]:
@@ -56,12 +65,17 @@ def decode_only(bundle: Path, images: list[Path], *, workers: int) -> dict[str, 
         start = time.perf_counter()
         tensors = list(pool.map(prepare, images))
         seconds = time.perf_counter() - start
-    return {"images": len(images), "seconds": seconds, "images_per_s": _rate(len(images), seconds),
-            "tensors": tensors}
+    return {
+        "images": len(images),
+        "seconds": seconds,
+        "images_per_s": _rate(len(images), seconds),
+        "tensors": tensors,
+    }
 
 
-def infer_only(bundle: Path, tensors: list[np.ndarray], *, precision: str, threads: int,
-               batch_size: int) -> dict[str, Any]:
+def infer_only(
+    bundle: Path, tensors: list[np.ndarray], *, precision: str, threads: int, batch_size: int
+) -> dict[str, Any]:
     from edgescreen.runtime.backends import load_backend
     from edgescreen.runtime.card import load_card
     from edgescreen.runtime.screen import select_artifact
@@ -69,13 +83,17 @@ def infer_only(bundle: Path, tensors: list[np.ndarray], *, precision: str, threa
     card = load_card(bundle)
     _, artifact = select_artifact(card, precision, "onnxruntime")
     backend = load_backend("onnxruntime", bundle / artifact.file, threads=threads, device="cpu")
-    batches = [np.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    batches = [np.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
     backend.infer(batches[0])
     start = time.perf_counter()
     for b in batches:
         backend.infer(b)
     seconds = time.perf_counter() - start
-    return {"images": len(tensors), "seconds": seconds, "images_per_s": _rate(len(tensors), seconds)}
+    return {
+        "images": len(tensors),
+        "seconds": seconds,
+        "images_per_s": _rate(len(tensors), seconds),
+    }
 
 
 def naive_pipeline(checkpoint: Path, images: list[Path], *, threads: int) -> dict[str, Any]:
@@ -102,19 +120,37 @@ def naive_pipeline(checkpoint: Path, images: list[Path], *, threads: int) -> dic
     return {"images": len(images), "seconds": seconds, "images_per_s": _rate(len(images), seconds)}
 
 
-def run_pipeline(bundle: Path, images: list[Path], *, checkpoint: Path | None, precision: str = "int8",
-                 threads: int = 2, workers: int = 2, batch_size: int = 8) -> dict[str, Any]:
-    result: dict[str, Any] = {"images": len(images), "precision": precision, "threads": threads,
-                              "workers": workers, "batch_size": batch_size}
-    result["runtime"] = runtime_pipeline(bundle, images, precision=precision, threads=threads, workers=workers,
-                                         batch_size=batch_size)
+def run_pipeline(
+    bundle: Path,
+    images: list[Path],
+    *,
+    checkpoint: Path | None,
+    precision: str = "int8",
+    threads: int = 2,
+    workers: int = 2,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "images": len(images),
+        "precision": precision,
+        "threads": threads,
+        "workers": workers,
+        "batch_size": batch_size,
+    }
+    result["runtime"] = runtime_pipeline(
+        bundle, images, precision=precision, threads=threads, workers=workers, batch_size=batch_size
+    )
     decoded = decode_only(bundle, images, workers=workers)
     tensors = decoded.pop("tensors")
     result["decode_only"] = decoded
-    result["infer_only"] = infer_only(bundle, tensors, precision=precision, threads=threads, batch_size=batch_size)
+    result["infer_only"] = infer_only(
+        bundle, tensors, precision=precision, threads=threads, batch_size=batch_size
+    )
     bound = min(result["decode_only"]["images_per_s"], result["infer_only"]["images_per_s"])
     result["runtime_vs_bound"] = result["runtime"]["images_per_s"] / bound
     if checkpoint is not None:
         result["naive"] = naive_pipeline(checkpoint, images, threads=threads)
-        result["runtime_vs_naive"] = result["runtime"]["images_per_s"] / result["naive"]["images_per_s"]
+        result["runtime_vs_naive"] = (
+            result["runtime"]["images_per_s"] / result["naive"]["images_per_s"]
+        )
     return result

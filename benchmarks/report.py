@@ -11,23 +11,50 @@ from typing import Any
 SCHEMA = "edgescreen-bench/1"
 
 # Keys every results file carries (checked by validate_results and by the test suite).
-REQUIRED = {"schema": str, "date": str, "machine": dict, "bundle": dict, "latency": list, "ratios": dict,
-            "floors": list}
-LATENCY_ROW = {"config": str, "backend": str, "precision": str, "batch": int, "threads": int, "allocator": str}
-LATENCY_OK = {"median_ms": float, "p95_ms": float, "p99_ms": float, "throughput_ips": float,
-              "cold_start_ms": float, "peak_rss_mb": float}
+REQUIRED = {
+    "schema": str,
+    "date": str,
+    "machine": dict,
+    "bundle": dict,
+    "latency": list,
+    "ratios": dict,
+    "floors": list,
+}
+LATENCY_ROW = {
+    "config": str,
+    "backend": str,
+    "precision": str,
+    "batch": int,
+    "threads": int,
+    "allocator": str,
+}
+LATENCY_OK = {
+    "median_ms": float,
+    "p95_ms": float,
+    "p99_ms": float,
+    "throughput_ips": float,
+    "cold_start_ms": float,
+    "peak_rss_mb": float,
+}
 
 
 def validate_results(data: dict[str, Any]) -> None:
     """Raise ValueError naming the first missing or mistyped field."""
+
     def check(obj: dict, spec: dict, where: str) -> None:
         for key, kind in spec.items():
             if key not in obj:
                 raise ValueError(f"{where}.{key} is missing")
             value = obj[key]
-            ok = isinstance(value, int | float) and not isinstance(value, bool) if kind is float else isinstance(value, kind)
+            ok = (
+                isinstance(value, int | float) and not isinstance(value, bool)
+                if kind is float
+                else isinstance(value, kind)
+            )
             if not ok:
-                raise ValueError(f"{where}.{key} should be {kind.__name__}, got {type(value).__name__}")
+                raise ValueError(
+                    f"{where}.{key} should be {kind.__name__}, got {type(value).__name__}"
+                )
 
     check(data, REQUIRED, "results")
     if data["schema"] != SCHEMA:
@@ -92,39 +119,64 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for r in data["latency"]:
         if r.get("error"):
-            lines.append(f"| {r['config']} | {r['batch']} | failed: {r['error'][:60]} | | | | | | |")
+            lines.append(
+                f"| {r['config']} | {r['batch']} | failed: {r['error'][:60]} | | | | | | |"
+            )
             continue
         ratio = data["ratios"].get(f"{r['config']}_vs_eager_fp32_b{r['batch']}")
-        lines.append(f"| {r['config']} | {r['batch']} | {_fmt(r['median_ms'])} | {_fmt(r['p95_ms'])} | "
-                     f"{_fmt(r['p99_ms'])} | {_fmt(r['throughput_ips'], 1)} | {_fmt(r['cold_start_ms'], 0)} | "
-                     f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(ratio) + '×' if ratio else '–'} |")
+        lines.append(
+            f"| {r['config']} | {r['batch']} | {_fmt(r['median_ms'])} | {_fmt(r['p95_ms'])} | "
+            f"{_fmt(r['p99_ms'])} | {_fmt(r['throughput_ips'], 1)} | {_fmt(r['cold_start_ms'], 0)} | "
+            f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(ratio) + '×' if ratio else '–'} |"
+        )
     p = data.get("pipeline")
     if p:
-        lines += ["", f"## End-to-end pipeline ({p['images']} real photos, {p['precision']}, "
-                      f"batch {p['batch_size']}, {p['workers']} decode workers)", "",
-                  "| pipeline | images/s |", "|---|---|"]
+        lines += [
+            "",
+            f"## End-to-end pipeline ({p['images']} real photos, {p['precision']}, "
+            f"batch {p['batch_size']}, {p['workers']} decode workers)",
+            "",
+            "| pipeline | images/s |",
+            "|---|---|",
+        ]
         for key in ("runtime", "naive", "decode_only", "infer_only"):
             if key in p:
                 lines.append(f"| {key.replace('_', '-')} | {_fmt(p[key]['images_per_s'], 1)} |")
         lines.append("")
         if "runtime_vs_naive" in p:
             lines.append(f"Runtime vs naive: **{p['runtime_vs_naive']:.2f}×**. ")
-        lines.append(f"Runtime vs the slower of its decode-only and infer-only bounds: **{p['runtime_vs_bound']:.2f}×**.")
+        lines.append(
+            f"Runtime vs the slower of its decode-only and infer-only bounds: **{p['runtime_vs_bound']:.2f}×**."
+        )
     if data.get("drift"):
-        lines += ["", f"## Drift against FP32 ({data.get('drift_data', 'evaluation set')})", "",
-                  "| precision | metric | value | Δ vs fp32 (95% CI) | flips | sensitivity | specificity | ECE | max err |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Drift against FP32 ({data.get('drift_data', 'evaluation set')})",
+            "",
+            "| precision | metric | value | Δ vs fp32 (95% CI) | flips | sensitivity | specificity | ECE | max err |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in data["drift"]:
             ci = f"{_fmt(r.get('delta'), 4)} ({_fmt(r.get('ci_low'), 4)}, {_fmt(r.get('ci_high'), 4)})"
-            lines.append(f"| {r['precision']} | {r['metric_name']} | {_fmt(r.get('metric'), 4)} | {ci} | "
-                         f"{r.get('flips', '–')} ({_fmt(100 * r.get('flip_rate', float('nan')), 1)}%) | "
-                         f"{_fmt(r.get('sensitivity'), 3)} | {_fmt(r.get('specificity'), 3)} | "
-                         f"{_fmt(r.get('ece'), 3)} | {_fmt(r.get('max_abs_err'), 4)} |")
+            lines.append(
+                f"| {r['precision']} | {r['metric_name']} | {_fmt(r.get('metric'), 4)} | {ci} | "
+                f"{r.get('flips', '–')} ({_fmt(100 * r.get('flip_rate', float('nan')), 1)}%) | "
+                f"{_fmt(r.get('sensitivity'), 3)} | {_fmt(r.get('specificity'), 3)} | "
+                f"{_fmt(r.get('ece'), 3)} | {_fmt(r.get('max_abs_err'), 4)} |"
+            )
     if data["floors"]:
-        lines += ["", "## Floors", "", "| floor | measured | required | passed |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Floors",
+            "",
+            "| floor | measured | required | passed |",
+            "|---|---|---|---|",
+        ]
         for f in data["floors"]:
-            lines.append(f"| {f['name']} | {_fmt(f.get('value'), 3)} | {f.get('required', '')} | "
-                         f"{'yes' if f['passed'] else '**no**'} |")
+            lines.append(
+                f"| {f['name']} | {_fmt(f.get('value'), 3)} | {f.get('required', '')} | "
+                f"{'yes' if f['passed'] else '**no**'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -152,13 +204,17 @@ def plots(data: dict[str, Any], stem: Path) -> dict[str, Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written["latency_plot"] = path
-    drift = [r for r in data.get("drift", []) if r.get("delta") is not None and r["precision"] != "fp32"]
+    drift = [
+        r for r in data.get("drift", []) if r.get("delta") is not None and r["precision"] != "fp32"
+    ]
     if drift:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         names = [r["precision"] for r in drift]
         deltas = [r["delta"] for r in drift]
-        err = [[d - r["ci_low"] for d, r in zip(deltas, drift, strict=True)],
-               [r["ci_high"] - d for d, r in zip(deltas, drift, strict=True)]]
+        err = [
+            [d - r["ci_low"] for d, r in zip(deltas, drift, strict=True)],
+            [r["ci_high"] - d for d, r in zip(deltas, drift, strict=True)],
+        ]
         ax.errorbar(deltas, names, xerr=err, fmt="o", capsize=4, color="#a84848")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(f"Δ {drift[0]['metric_name']} vs FP32 with 95% bootstrap CI")

@@ -42,17 +42,34 @@ def gpu_name() -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return (
+            out.stdout.strip().splitlines()[0]
+            if out.returncode == 0 and out.stdout.strip()
+            else None
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
 def versions() -> dict[str, str]:
     found = {}
-    for dist in ("edgescreen", "numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx",
-                 "torch", "timm", "tensorrt"):
+    for dist in (
+        "edgescreen",
+        "numpy",
+        "opencv-python-headless",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "onnx",
+        "torch",
+        "timm",
+        "tensorrt",
+    ):
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

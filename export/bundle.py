@@ -341,8 +341,13 @@ def _build(
                 results[pkey] = V.compare(
                     card,
                     fp32_out,
-                    V.run_onnx(tmp / FILES[key], x_eval, card.input.name, threads=threads,
-                               emulate_qdq=key == "onnx-int8"),
+                    V.run_onnx(
+                        tmp / FILES[key],
+                        x_eval,
+                        card.input.name,
+                        threads=threads,
+                        emulate_qdq=key == "onnx-int8",
+                    ),
                     y_eval,
                     refs,
                 )

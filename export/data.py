@@ -74,9 +74,18 @@ def _from_split(spec: str) -> list[Sample]:
         raise EdgescreenError(f"{path}: split {part!r} is empty")
     if not source and all(e.get("file") and "label" in e for e in entries):
         # Newer runs record each file's label: no need to find and reload the data set.
-        return [_checked(Sample(path=Path(e["ref"]), patient=e["patient"],
-                                label=tuple(e["label"]) if isinstance(e["label"], list) else e["label"]),
-                         e, path) for e in entries]
+        return [
+            _checked(
+                Sample(
+                    path=Path(e["ref"]),
+                    patient=e["patient"],
+                    label=tuple(e["label"]) if isinstance(e["label"], list) else e["label"],
+                ),
+                e,
+                path,
+            )
+            for e in entries
+        ]
     if not source:
         start = Path(entries[0]["ref"]).parent
         for folder in (start, *start.parents[:3]):
@@ -105,7 +114,9 @@ def _checked(sample: Sample, entry: dict, path: Path) -> Sample:
     if sample.path is not None and not sample.path.exists():
         raise EdgescreenError(f"{sample.path}: listed in {path} but missing")
     if entry.get("sha256") and sample_hash(sample) != entry["sha256"]:
-        raise EdgescreenError(f"{entry['ref']}: changed since training (sha256 differs from {path})")
+        raise EdgescreenError(
+            f"{entry['ref']}: changed since training (sha256 differs from {path})"
+        )
     return sample
 
 

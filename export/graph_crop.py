@@ -39,10 +39,14 @@ def freeze_same_padding(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     sizes: dict[nn.Module, tuple[int, int]] = {}
 
-    def record(mod: nn.Module, args: tuple) -> None:  # a pre-hook must return None (else it replaces args)
+    def record(
+        mod: nn.Module, args: tuple
+    ) -> None:  # a pre-hook must return None (else it replaces args)
         sizes.setdefault(mod, tuple(args[0].shape[-2:]))
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Conv2dSame)]
+    hooks = [
+        m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Conv2dSame)
+    ]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *input_shape))
@@ -50,10 +54,15 @@ def freeze_same_padding(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for h in hooks:
             h.remove()
     for mod, size in sizes.items():
-        pad = [int(p) for p in pad_same_arg(list(size), list(mod.weight.shape[-2:]), mod.stride, mod.dilation)]
+        pad = [
+            int(p)
+            for p in pad_same_arg(list(size), list(mod.weight.shape[-2:]), mod.stride, mod.dilation)
+        ]
 
         def forward(x: torch.Tensor, mod: nn.Module = mod, pad: list[int] = pad) -> torch.Tensor:
-            return F.conv2d(F.pad(x, pad), mod.weight, mod.bias, mod.stride, 0, mod.dilation, mod.groups)
+            return F.conv2d(
+                F.pad(x, pad), mod.weight, mod.bias, mod.stride, 0, mod.dilation, mod.groups
+            )
 
         mod.forward = forward
     return len(sizes)

@@ -45,8 +45,15 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    pooled = [n for n in model.graph.node if n.op_type in ("GlobalAveragePool", "GlobalMaxPool")
-              or (n.op_type in ("ReduceMean", "ReduceMax") and not any(a.name == "keepdims" and a.i for a in n.attribute))]
+    pooled = [
+        n
+        for n in model.graph.node
+        if n.op_type in ("GlobalAveragePool", "GlobalMaxPool")
+        or (
+            n.op_type in ("ReduceMean", "ReduceMax")
+            and not any(a.name == "keepdims" and a.i for a in n.attribute)
+        )
+    ]
     seen: dict[str, None] = {}
     todo = [out for n in pooled for out in n.output]
     while todo:

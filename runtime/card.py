@@ -48,10 +48,14 @@ class InputSpec:
 
     def validate(self, where: str) -> None:
         if any(d <= 0 for d in self.shape):
-            raise CardError(f"dimensions must be positive, got {list(self.shape)}", field=f"{where}.shape")
+            raise CardError(
+                f"dimensions must be positive, got {list(self.shape)}", field=f"{where}.shape"
+            )
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
-            raise CardError(f"need 1 <= min <= opt <= max, got {list(self.batch)}", field=f"{where}.batch")
+            raise CardError(
+                f"need 1 <= min <= opt <= max, got {list(self.batch)}", field=f"{where}.batch"
+            )
         if self.colour == "GRAY" and self.shape[0] != 1 and self.shape[0] != 3:
             raise CardError("GRAY input must have 1 or 3 channels", field=f"{where}.shape")
 
@@ -88,11 +92,15 @@ class DecisionSpec:
     def validate(self, where: str) -> None:
         for label, decision in self.class_decisions.items():
             if decision not in DECISIONS:
-                raise CardError(f"unknown decision {decision!r}; use one of {', '.join(DECISIONS)}",
-                                field=f"{where}.class_decisions.{label}")
+                raise CardError(
+                    f"unknown decision {decision!r}; use one of {', '.join(DECISIONS)}",
+                    field=f"{where}.class_decisions.{label}",
+                )
         for name, value in self.thresholds.items():
             if not 0.0 <= value <= 1.0:
-                raise CardError(f"threshold must be in [0, 1], got {value}", field=f"{where}.thresholds.{name}")
+                raise CardError(
+                    f"threshold must be in [0, 1], got {value}", field=f"{where}.thresholds.{name}"
+                )
         for decision in self.actions:
             if decision not in (*DECISIONS, "ungradable"):
                 raise CardError("unknown decision", field=f"{where}.actions.{decision}")
@@ -159,27 +167,41 @@ class ModelCard:
             return f"{where}.{name}" if where else name
 
         if self.schema_version != SCHEMA_VERSION:
-            raise CardError(f"schema_version {self.schema_version} is not supported "
-                            f"(this edgescreen reads {SCHEMA_VERSION})", field=at("schema_version"))
+            raise CardError(
+                f"schema_version {self.schema_version} is not supported "
+                f"(this edgescreen reads {SCHEMA_VERSION})",
+                field=at("schema_version"),
+            )
         if self.preprocessing.modality != self.modality:
-            raise CardError(f"modality {self.preprocessing.modality!r} does not match task {self.task!r}",
-                            field=at("preprocessing.modality"))
+            raise CardError(
+                f"modality {self.preprocessing.modality!r} does not match task {self.task!r}",
+                field=at("preprocessing.modality"),
+            )
         c, h, w = self.input.shape
         pre = self.preprocessing
         if (c, h, w) != (pre.channels, pre.size, pre.size):
-            raise CardError(f"{list(self.input.shape)} disagrees with preprocessing "
-                            f"(channels {pre.channels}, size {pre.size})", field=at("input.shape"))
+            raise CardError(
+                f"{list(self.input.shape)} disagrees with preprocessing "
+                f"(channels {pre.channels}, size {pre.size})",
+                field=at("input.shape"),
+            )
         if not self.labels or len(set(self.labels)) != len(self.labels):
             raise CardError("must be a non-empty list of distinct names", field=at("labels"))
         if not any(o.role in ("scores", "grade_value") for o in self.outputs):
-            raise CardError("needs an output with role 'scores' or 'grade_value'", field=at("outputs"))
+            raise CardError(
+                "needs an output with role 'scores' or 'grade_value'", field=at("outputs")
+            )
         if len({o.name for o in self.outputs}) != len(self.outputs):
             raise CardError("output names must be distinct", field=at("outputs"))
         for label in (*self.decision.class_decisions, *self.decision.thresholds):
             if label not in self.labels:
-                raise CardError(f"{label!r} is not one of the card's labels", field=at(f"decision.{label}"))
+                raise CardError(
+                    f"{label!r} is not one of the card's labels", field=at(f"decision.{label}")
+                )
         if self.output("grade_value") and self.decision.cutpoints is None:
-            raise CardError("a grade_value output needs decision.cutpoints", field=at("decision.cutpoints"))
+            raise CardError(
+                "a grade_value output needs decision.cutpoints", field=at("decision.cutpoints")
+            )
 
     # -- I/O ---------------------------------------------------------------------------------
     @classmethod
@@ -188,8 +210,11 @@ class ModelCard:
             version = data.get("schema_version") if isinstance(data, dict) else None
             if isinstance(version, int) and version != SCHEMA_VERSION:
                 # Say "unknown version" rather than complain about fields a newer schema added.
-                raise CardError(f"schema_version {version} is not supported "
-                                f"(this edgescreen reads {SCHEMA_VERSION})", field="schema_version")
+                raise CardError(
+                    f"schema_version {version} is not supported "
+                    f"(this edgescreen reads {SCHEMA_VERSION})",
+                    field="schema_version",
+                )
             return from_data(cls, data, "")
         except CardError as exc:
             if path is None:
@@ -274,59 +299,100 @@ def verify_artifacts(bundle: str | Path, card: ModelCard, *, only: list[str] | N
             raise CardError(f"artifact {key!r} is missing", path=path)
         actual = sha256_file(path)
         if actual != artifact.sha256:
-            raise CardError(f"sha256 mismatch for artifact {key!r}: the card says {artifact.sha256[:12]}…, "
-                            f"the file is {actual[:12]}… (modified or corrupted; re-export the bundle)",
-                            path=path)
+            raise CardError(
+                f"sha256 mismatch for artifact {key!r}: the card says {artifact.sha256[:12]}…, "
+                f"the file is {actual[:12]}… (modified or corrupted; re-export the bundle)",
+                path=path,
+            )
 
 
-def artifact_entry(bundle: str | Path, file: str, *, format: str, precision: str,
-                   target: str = "any") -> Artifact:
+def artifact_entry(
+    bundle: str | Path, file: str, *, format: str, precision: str, target: str = "any"
+) -> Artifact:
     """An Artifact for a file already written into the bundle, with its hash computed."""
-    return from_data(Artifact, {"file": file, "sha256": sha256_file(Path(bundle) / file),
-                                "format": format, "precision": precision, "target": target}, "artifact")
+    return from_data(
+        Artifact,
+        {
+            "file": file,
+            "sha256": sha256_file(Path(bundle) / file),
+            "format": format,
+            "precision": precision,
+            "target": target,
+        },
+        "artifact",
+    )
 
 
 def default_decision(task: str, labels: tuple[str, ...]) -> DecisionSpec:
     """The actions of the brief; a trained model's card overrides thresholds, not wording."""
     if task == "dr_grading":
-        return DecisionSpec(actions={
-            "urgent": "sight-threatening retinopathy: refer urgently to an eye specialist",
-            "refer": "referable retinopathy: refer to an eye specialist",
-            "rescreen": "no referable retinopathy: rescreen in 12 months",
-            "ungradable": "image ungradable: retake",
-        })
+        return DecisionSpec(
+            actions={
+                "urgent": "sight-threatening retinopathy: refer urgently to an eye specialist",
+                "refer": "referable retinopathy: refer to an eye specialist",
+                "rescreen": "no referable retinopathy: rescreen in 12 months",
+                "ungradable": "image ungradable: retake",
+            }
+        )
     if task == "oct_classification":
         wanted = {"CNV": "urgent", "DME": "refer", "DRUSEN": "routine", "NORMAL": "none"}
-        return DecisionSpec(class_decisions={k: v for k, v in wanted.items() if k in labels}, actions={
-            "urgent": "choroidal neovascularisation suspected: refer urgently to an eye specialist",
-            "refer": "diabetic macular oedema suspected: refer to an eye specialist",
-            "routine": "drusen seen: routine review by an eye specialist",
-            "none": "no disease seen: no action needed",
-            "ungradable": "scan ungradable: retake",
-        })
-    return DecisionSpec(thresholds=dict.fromkeys(labels, 0.5), actions={
-        "refer": "abnormal: refer for a radiologist's read",
-        "none": "no finding above threshold: no action needed",
-        "ungradable": "image ungradable: retake",
-    })
+        return DecisionSpec(
+            class_decisions={k: v for k, v in wanted.items() if k in labels},
+            actions={
+                "urgent": "choroidal neovascularisation suspected: refer urgently to an eye specialist",
+                "refer": "diabetic macular oedema suspected: refer to an eye specialist",
+                "routine": "drusen seen: routine review by an eye specialist",
+                "none": "no disease seen: no action needed",
+                "ungradable": "scan ungradable: retake",
+            },
+        )
+    return DecisionSpec(
+        thresholds=dict.fromkeys(labels, 0.5),
+        actions={
+            "refer": "abnormal: refer for a radiologist's read",
+            "none": "no finding above threshold: no action needed",
+            "ungradable": "image ungradable: retake",
+        },
+    )
 
 
 def default_labels(task: str) -> tuple[str, ...]:
-    return {"dr_grading": DR_GRADES, "oct_classification": OCT_CLASSES, "cxr_findings": CXR_FINDINGS}[task]
+    return {
+        "dr_grading": DR_GRADES,
+        "oct_classification": OCT_CLASSES,
+        "cxr_findings": CXR_FINDINGS,
+    }[task]
 
 
-def new_card(*, name: str, task: str, family: str, preprocessing: PreprocessConfig,
-             outputs: tuple[OutputSpec, ...], labels: tuple[str, ...] | None = None,
-             input_name: str = "input", **extra: Any) -> ModelCard:
+def new_card(
+    *,
+    name: str,
+    task: str,
+    family: str,
+    preprocessing: PreprocessConfig,
+    outputs: tuple[OutputSpec, ...],
+    labels: tuple[str, ...] | None = None,
+    input_name: str = "input",
+    **extra: Any,
+) -> ModelCard:
     """A card with the defaults of its task; train and export fill in the rest."""
     labels = labels or default_labels(task)
     card = ModelCard(
-        schema_version=SCHEMA_VERSION, name=name, task=task, family=family, labels=labels,  # type: ignore[arg-type]
-        input=InputSpec(name=input_name, shape=(preprocessing.channels, preprocessing.size, preprocessing.size),
-                        colour="RGB" if preprocessing.modality == "fundus" else "GRAY"),
-        preprocessing=preprocessing, outputs=outputs,
+        schema_version=SCHEMA_VERSION,
+        name=name,
+        task=task,
+        family=family,
+        labels=labels,  # type: ignore[arg-type]
+        input=InputSpec(
+            name=input_name,
+            shape=(preprocessing.channels, preprocessing.size, preprocessing.size),
+            colour="RGB" if preprocessing.modality == "fundus" else "GRAY",
+        ),
+        preprocessing=preprocessing,
+        outputs=outputs,
         decision=extra.pop("decision", None) or default_decision(task, labels),
-        quality=extra.pop("quality", None) or default_limits(preprocessing.modality), **extra,
+        quality=extra.pop("quality", None) or default_limits(preprocessing.modality),
+        **extra,
     )
     card.validate()
     return card

@@ -33,8 +33,15 @@ def _progress(total: int, label: str, enabled: bool):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled or total < 2, transient=True, console=_console())
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled or total < 2,
+        transient=True,
+        console=_console(),
+    )
 
 
 # -- screen ------------------------------------------------------------------------------------
@@ -42,8 +49,12 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from .screen import Screener
 
     results = []
-    with Screener(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads) as screener, \
-            _progress(len(args.images), "screening", not args.json) as bar:
+    with (
+        Screener(
+            args.bundle, precision=args.precision, backend=args.backend, threads=args.threads
+        ) as screener,
+        _progress(len(args.images), "screening", not args.json) as bar,
+    ):
         task = bar.add_task("screen", total=len(args.images))
         for result in screener.screen_many(args.images, batch_size=args.batch_size):
             results.append(result)
@@ -84,7 +95,9 @@ def cmd_quality(args: argparse.Namespace) -> int:
             report = assess_quality(load_image(path), args.modality)
             rows.append({"image": str(path), **report.to_dict()})
         except ImageError as exc:
-            rows.append({"image": str(path), "gradable": False, "reasons": [str(exc)], "error": str(exc)})
+            rows.append(
+                {"image": str(path), "gradable": False, "reasons": [str(exc)], "error": str(exc)}
+            )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -94,7 +107,11 @@ def cmd_quality(args: argparse.Namespace) -> int:
         for col in ("image", "gradable", "reasons"):
             table.add_column(col, overflow="fold")
         for row in rows:
-            table.add_row(Path(row["image"]).name, "yes" if row["gradable"] else "NO", "; ".join(row["reasons"]))
+            table.add_row(
+                Path(row["image"]).name,
+                "yes" if row["gradable"] else "NO",
+                "; ".join(row["reasons"]),
+            )
         _console().print(table)
         bad = sum(not r["gradable"] for r in rows)
         _console().print(f"{len(rows) - bad} of {len(rows)} gradable")
@@ -109,17 +126,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.verify:
         verify_artifacts(args.bundle, card)
     if args.json:
-        print(json.dumps({"card": card.to_dict(), "bundle_sha256": bundle_sha256(card),
-                          "verified": bool(args.verify)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "card": card.to_dict(),
+                    "bundle_sha256": bundle_sha256(card),
+                    "verified": bool(args.verify),
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     console = _console()
-    console.print(f"[bold]{card.name}[/bold]  task={card.task} family={card.family} modality={card.modality}")
-    console.print(f"input {card.input.name} {list(card.input.shape)} {card.input.colour}; labels: {', '.join(card.labels)}")
+    console.print(
+        f"[bold]{card.name}[/bold]  task={card.task} family={card.family} modality={card.modality}"
+    )
+    console.print(
+        f"input {card.input.name} {list(card.input.shape)} {card.input.colour}; labels: {', '.join(card.labels)}"
+    )
     console.print(f"intended use: {card.intended_use}")
     for key, art in card.artifacts.items():
-        console.print(f"  {key:<14} {art.file:<24} {art.format:<12} {art.precision:<5} {art.target:<8} {art.sha256[:12]}")
+        console.print(
+            f"  {key:<14} {art.file:<24} {art.format:<12} {art.precision:<5} {art.target:<8} {art.sha256[:12]}"
+        )
     if args.verify:
-        console.print(f"[green]verified[/green]: all {len(card.artifacts)} artifacts match their sha256")
+        console.print(
+            f"[green]verified[/green]: all {len(card.artifacts)} artifacts match their sha256"
+        )
     console.print(f"bundle sha256 {bundle_sha256(card)}")
     return EXIT_OK
 
@@ -128,7 +161,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from edgescreen.train.data.synth import synthesize
 
-    csv_path = synthesize(args.modality, args.n, Path(args.out), seed=args.seed, size=args.size, progress=True)
+    csv_path = synthesize(
+        args.modality, args.n, Path(args.out), seed=args.seed, size=args.size, progress=True
+    )
     print(csv_path)
     return EXIT_OK
 
@@ -136,11 +171,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edgescreen", description="Train, export and run medical screening models on edge hardware.")
+        prog="edgescreen",
+        description="Train, export and run medical screening models on edge hardware.",
+    )
     parser.add_argument("--version", action="version", version=f"edgescreen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=fn)
         return p
@@ -150,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, type=Path)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: backend's own)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="inference threads (default: backend's own)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per image")
 
@@ -178,13 +219,15 @@ def _add_stage_commands(sub) -> None:
     """Commands of the other stages, when their packages are installed; each module is import-light."""
     import importlib
 
-    for module, fn in (("edgescreen.runtime.batch.cli", "add_batch_command"),
-                       ("edgescreen.train.cli", "add_train_command"),
-                       ("edgescreen.export.cli", "add_export_command"),
-                       ("edgescreen.benchmarks.cli", "add_bench_command"),
-                       ("edgescreen.benchmarks.demo", "add_demo_command"),
-                       ("edgescreen.export.trt", "add_engine_command"),
-                       ("edgescreen.runtime.golden", "add_selftest_command")):
+    for module, fn in (
+        ("edgescreen.runtime.batch.cli", "add_batch_command"),
+        ("edgescreen.train.cli", "add_train_command"),
+        ("edgescreen.export.cli", "add_export_command"),
+        ("edgescreen.benchmarks.cli", "add_bench_command"),
+        ("edgescreen.benchmarks.demo", "add_demo_command"),
+        ("edgescreen.export.trt", "add_engine_command"),
+        ("edgescreen.runtime.golden", "add_selftest_command"),
+    ):
         try:
             getattr(importlib.import_module(module), fn)(sub)
         except ModuleNotFoundError:

@@ -33,14 +33,19 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     return decode_image(data, path, max_pixels=max_pixels)
 
 
-def decode_image(data: bytes, name: str | Path = "<bytes>", *, max_pixels: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, name: str | Path = "<bytes>", *, max_pixels: int | None = None
+) -> np.ndarray:
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     if max_pixels is not None:
         size = header_size(data)
         if size is not None and size[0] * size[1] > max_pixels:
-            raise ImageError(name, f"image is {size[0]}x{size[1]} pixels, over the limit of {max_pixels:,} "
-                                   "(refused before decoding)")
+            raise ImageError(
+                name,
+                f"image is {size[0]}x{size[1]} pixels, over the limit of {max_pixels:,} "
+                "(refused before decoding)",
+            )
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
     if image is None:
         raise ImageError(name, "not a readable image (corrupt, truncated or an unsupported format)")
@@ -71,9 +76,23 @@ def header_size(data: bytes) -> tuple[int, int] | None:
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
                 i += 1 if marker == 0xFF else 2
                 continue
-            length = struct.unpack(">H", data[i + 2:i + 4])[0]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+            if marker in (
+                0xC0,
+                0xC1,
+                0xC2,
+                0xC3,
+                0xC5,
+                0xC6,
+                0xC7,
+                0xC9,
+                0xCA,
+                0xCB,
+                0xCD,
+                0xCE,
+                0xCF,
+            ):
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
                 return width, height
             i += 2 + length
     return None

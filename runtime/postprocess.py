@@ -41,7 +41,11 @@ def grades_from_values(values: np.ndarray, cutpoints: tuple[float, ...]) -> np.n
 
 
 def interpret_batch(card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Interpretation]:
-    scores_spec, value_spec, heat_spec = card.output("scores"), card.output("grade_value"), card.output("heatmap")
+    scores_spec, value_spec, heat_spec = (
+        card.output("scores"),
+        card.output("grade_value"),
+        card.output("heatmap"),
+    )
     probs = activate(outputs[scores_spec.name], scores_spec.activation) if scores_spec else None
     n = len(outputs[(scores_spec or value_spec).name])
     dec = card.decision
@@ -56,11 +60,13 @@ def interpret_batch(card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Int
             index = probs.argmax(axis=1)
         index = np.clip(index, 0, len(labels) - 1)
         if probs is not None:
-            referable = probs[:, dec.refer_min_grade:].sum(axis=1)
+            referable = probs[:, dec.refer_min_grade :].sum(axis=1)
         refer = index >= dec.refer_min_grade
         if referable is not None and dec.referable_threshold is not None:
             refer |= referable >= dec.referable_threshold
-        decisions = np.where(index >= dec.urgent_min_grade, "urgent", np.where(refer, "refer", "rescreen"))
+        decisions = np.where(
+            index >= dec.urgent_min_grade, "urgent", np.where(refer, "refer", "rescreen")
+        )
     elif card.task == "oct_classification":
         index = probs.argmax(axis=1)
         # An unlisted class is referred: a missing mapping must not silence a finding.
@@ -76,16 +82,20 @@ def interpret_batch(card: ModelCard, outputs: dict[str, np.ndarray]) -> list[Int
     results = []
     for i in range(n):
         decision = str(decisions[i])
-        results.append(Interpretation(
-            decision=decision,
-            action=dec.actions.get(decision, decision),
-            label=labels[int(index[i])],
-            grade=int(index[i]) if card.task == "dr_grading" else None,
-            probabilities={} if probs is None else {lab: float(p) for lab, p in zip(labels, probs[i], strict=True)},
-            positive_findings=positives[i],
-            referable_probability=None if referable is None else float(referable[i]),
-            heatmap=heatmaps[i],
-        ))
+        results.append(
+            Interpretation(
+                decision=decision,
+                action=dec.actions.get(decision, decision),
+                label=labels[int(index[i])],
+                grade=int(index[i]) if card.task == "dr_grading" else None,
+                probabilities={}
+                if probs is None
+                else {lab: float(p) for lab, p in zip(labels, probs[i], strict=True)},
+                positive_findings=positives[i],
+                referable_probability=None if referable is None else float(referable[i]),
+                heatmap=heatmaps[i],
+            )
+        )
     return results
 
 

@@ -28,8 +28,10 @@ def from_data(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise CardError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}",
-                        field=f"{where}.{unknown[0]}" if where else unknown[0])
+        raise CardError(
+            f"unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}",
+            field=f"{where}.{unknown[0]}" if where else unknown[0],
+        )
     kwargs = {}
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
@@ -83,7 +85,9 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
         raise errors[0]
     if origin is typing.Literal:
         if value not in args:
-            raise CardError(f"must be one of {', '.join(map(repr, args))}, got {value!r}", field=path)
+            raise CardError(
+                f"must be one of {', '.join(map(repr, args))}, got {value!r}", field=path
+            )
         return value
     if dataclasses.is_dataclass(hint):
         # A section that owns its validation (preprocessing, quality limits) reads itself.
@@ -96,12 +100,16 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise CardError(f"must have {len(args)} items, got {len(value)}", field=path)
-        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, Mapping):
             raise CardError(f"must be an object, got {type(value).__name__}", field=path)
         key_t, val_t = args or (str, Any)
-        return {_convert(k, key_t, path): _convert(v, val_t, f"{path}.{k}") for k, v in value.items()}
+        return {
+            _convert(k, key_t, path): _convert(v, val_t, f"{path}.{k}") for k, v in value.items()
+        }
     if hint is float:
         # JSON has one number type: accept ints for floats, never bools.
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -47,18 +47,28 @@ class _Prepared:
     timings: dict[str, float]
 
 
-def select_artifact(card: ModelCard, precision: str, backend: str, device: str = "cpu") -> tuple[str, Artifact]:
+def select_artifact(
+    card: ModelCard, precision: str, backend: str, device: str = "cpu"
+) -> tuple[str, Artifact]:
     """The bundle file a backend should run for a precision.
 
     INT8 ships in two forms: the symmetric Q/DQ file TensorRT consumes and a CPU form
     (unsigned activations) that x86 ONNX Runtime runs faster; pick the one that fits.
     """
-    onnx = {k: a for k, a in card.artifacts.items() if a.format == "onnx" and a.precision == precision}
+    onnx = {
+        k: a for k, a in card.artifacts.items() if a.format == "onnx" and a.precision == precision
+    }
     if not onnx:
         have = sorted({a.precision for a in card.artifacts.values() if a.format == "onnx"})
-        raise CardError(f"the bundle has no {precision} ONNX model (it has: {', '.join(have) or 'none'})",
-                        field="artifacts")
-    prefer = ("tensorrt", "any", "cpu") if backend == "tensorrt" or device != "cpu" else ("cpu", "any", "tensorrt")
+        raise CardError(
+            f"the bundle has no {precision} ONNX model (it has: {', '.join(have) or 'none'})",
+            field="artifacts",
+        )
+    prefer = (
+        ("tensorrt", "any", "cpu")
+        if backend == "tensorrt" or device != "cpu"
+        else ("cpu", "any", "tensorrt")
+    )
     return min(onnx.items(), key=lambda kv: prefer.index(kv[1].target))
 
 
@@ -79,16 +89,28 @@ def ensure_engine_selftest(bundle: Path, precision: str, engine: Path) -> None:
         pass
     report = selftest(bundle, precision, "tensorrt")
     if not report.ready:
-        raise BackendUnavailable(f"{engine}: this {precision} engine failed its self-test on this device "
-                                 f"({'; '.join(report.reasons)}); rebuild it or screen with --backend onnxruntime")
-    atomic_write(marker, json.dumps({"engine_sha256": digest, **report.to_dict()}, indent=2).encode())
+        raise BackendUnavailable(
+            f"{engine}: this {precision} engine failed its self-test on this device "
+            f"({'; '.join(report.reasons)}); rebuild it or screen with --backend onnxruntime"
+        )
+    atomic_write(
+        marker, json.dumps({"engine_sha256": digest, **report.to_dict()}, indent=2).encode()
+    )
 
 
 class Screener:
     """A loaded bundle, ready to screen. Use as a context manager or call close()."""
 
-    def __init__(self, bundle: str | Path, *, precision: str = "fp32", backend: str = "auto",
-                 threads: int | None = None, workers: int = 2, verify: bool = True) -> None:
+    def __init__(
+        self,
+        bundle: str | Path,
+        *,
+        precision: str = "fp32",
+        backend: str = "auto",
+        threads: int | None = None,
+        workers: int = 2,
+        verify: bool = True,
+    ) -> None:
         self.bundle = Path(bundle)
         self.card = load_card(self.bundle)
         self.precision = precision
@@ -105,7 +127,9 @@ class Screener:
             artifact_file = str(Path(self.backend.engine_path).relative_to(self.bundle))
         else:
             key, artifact = select_artifact(self.card, precision, backend)
-            if verify:  # only the file about to run: hashing every artifact costs seconds on a Jetson
+            if (
+                verify
+            ):  # only the file about to run: hashing every artifact costs seconds on a Jetson
                 verify_artifacts(self.bundle, self.card, only=[key])
             self.backend = load_backend(backend, self.bundle / artifact.file, threads=threads)
             artifact_file = artifact.file
@@ -124,8 +148,13 @@ class Screener:
     def screen(self, image: ImageInput, *, name: str | None = None) -> ScreeningResult:
         return next(self.screen_many([image], names=None if name is None else [name], batch_size=1))
 
-    def screen_many(self, images: Iterable[ImageInput], *, names: Iterable[str] | None = None,
-                    batch_size: int = 8) -> Iterator[ScreeningResult]:
+    def screen_many(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        names: Iterable[str] | None = None,
+        batch_size: int = 8,
+    ) -> Iterator[ScreeningResult]:
         """Results in input order; a bad image yields a failed result and the rest go on."""
         items = list(images)
         labels = list(names) if names is not None else [_name_of(x) for x in items]
@@ -151,7 +180,9 @@ class Screener:
         self.close()
 
     # -- pipeline -------------------------------------------------------------------------
-    def _collect(self, prepared: _Prepared, batch: list[_Prepared], batch_size: int) -> Iterator[ScreeningResult]:
+    def _collect(
+        self, prepared: _Prepared, batch: list[_Prepared], batch_size: int
+    ) -> Iterator[ScreeningResult]:
         # Results leave in input order: an early (failed/ungradable) one waits for the batch ahead.
         batch.append(prepared)
         if sum(p.tensor is not None for p in batch) >= batch_size:
@@ -181,7 +212,11 @@ class Screener:
         card = self.card
         try:
             start = time.perf_counter()
-            array = image if isinstance(image, np.ndarray) else load_image(image, max_pixels=card.input.max_pixels)
+            array = (
+                image
+                if isinstance(image, np.ndarray)
+                else load_image(image, max_pixels=card.input.max_pixels)
+            )
             timings["decode"] = _ms(start)
             start = time.perf_counter()
             disc = find_fundus_disc(array) if card.modality == "fundus" else None
@@ -189,8 +224,13 @@ class Screener:
             timings["quality"] = _ms(start)
             if not report.gradable:
                 retake = card.decision.actions.get("ungradable", "image ungradable: retake")
-                early = self._early(name, "ungradable", f"{retake} ({'; '.join(report.reasons)})",
-                                    quality=report.to_dict(), timings_ms=timings)
+                early = self._early(
+                    name,
+                    "ungradable",
+                    f"{retake} ({'; '.join(report.reasons)})",
+                    quality=report.to_dict(),
+                    timings_ms=timings,
+                )
                 return _Prepared(name, None, early, report.to_dict(), timings)
             start = time.perf_counter()
             tensor = preprocess(array, card.preprocessing, disc=disc)
@@ -199,24 +239,49 @@ class Screener:
         except EdgescreenError as exc:
             return self._failed(name, str(exc), timings)
         except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch
-            return self._failed(name, str(ImageError(name, f"unexpected error: {type(exc).__name__}: {exc}")),
-                                timings)
+            return self._failed(
+                name,
+                str(ImageError(name, f"unexpected error: {type(exc).__name__}: {exc}")),
+                timings,
+            )
 
     def _failed(self, name: str, error: str, timings: dict[str, float]) -> _Prepared:
-        early = self._early(name, "failed", f"could not screen this image, check the file and retake: {error}",
-                            error=error, timings_ms=timings)
+        early = self._early(
+            name,
+            "failed",
+            f"could not screen this image, check the file and retake: {error}",
+            error=error,
+            timings_ms=timings,
+        )
         return _Prepared(name, None, early, {}, timings)
 
     def _early(self, name: str, status: str, action: str, **fields: object) -> ScreeningResult:
-        return ScreeningResult(image=name, status=status, task=self.card.task, decision=status,  # type: ignore[arg-type]
-                               action=action, audit=dict(self.audit), **fields)  # type: ignore[arg-type]
+        return ScreeningResult(
+            image=name,
+            status=status,
+            task=self.card.task,
+            decision=status,  # type: ignore[arg-type]
+            action=action,
+            audit=dict(self.audit),
+            **fields,
+        )  # type: ignore[arg-type]
 
     def _result(self, p: _Prepared, it) -> ScreeningResult:
         return ScreeningResult(
-            image=p.name, status="ok", task=self.card.task, decision=it.decision, action=it.action,
-            label=it.label, grade=it.grade, probabilities=it.probabilities,
-            positive_findings=it.positive_findings, referable_probability=it.referable_probability,
-            quality=p.quality, timings_ms=p.timings, audit=dict(self.audit), heatmap=it.heatmap,
+            image=p.name,
+            status="ok",
+            task=self.card.task,
+            decision=it.decision,
+            action=it.action,
+            label=it.label,
+            grade=it.grade,
+            probabilities=it.probabilities,
+            positive_findings=it.positive_findings,
+            referable_probability=it.referable_probability,
+            quality=p.quality,
+            timings_ms=p.timings,
+            audit=dict(self.audit),
+            heatmap=it.heatmap,
         )
 
 

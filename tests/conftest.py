@@ -37,7 +37,9 @@ def pneumoniamnist_dir() -> Path:
     return shared_set("pneumoniamnist-28")
 
 
-def build_tiny_onnx(path: Path, *, channels: int, size: int, num_labels: int, seed: int = 0) -> None:
+def build_tiny_onnx(
+    path: Path, *, channels: int, size: int, num_labels: int, seed: int = 0
+) -> None:
     """A small real ONNX model: conv -> relu -> global pool -> linear scores, plus a heatmap.
 
     Built with onnx.helper so runtime tests need no torch. Its weights are random but
@@ -61,12 +63,20 @@ def build_tiny_onnx(path: Path, *, channels: int, size: int, num_labels: int, se
         helper.make_node("ReduceMean", ["r"], ["heatmap"], axes=[1], keepdims=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, size, size])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", num_labels]),
-         helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["N", 1, size // 2, size // 2])],
-        [numpy_helper.from_array(conv_w, "conv_w"), numpy_helper.from_array(fc_w, "fc_w"),
-         numpy_helper.from_array(fc_b, "fc_b")],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", num_labels]),
+            helper.make_tensor_value_info(
+                "heatmap", TensorProto.FLOAT, ["N", 1, size // 2, size // 2]
+            ),
+        ],
+        [
+            numpy_helper.from_array(conv_w, "conv_w"),
+            numpy_helper.from_array(fc_w, "fc_w"),
+            numpy_helper.from_array(fc_b, "fc_b"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -82,11 +92,24 @@ def make_bundle(root: Path, task: str = "dr_grading", *, size: int = 128, seed: 
     modality = {"dr_grading": "fundus", "oct_classification": "oct", "cxr_findings": "cxr"}[task]
     pre = PreprocessConfig.default(modality, size)
     activation = "sigmoid" if task == "cxr_findings" else "softmax"
-    card = new_card(name=f"tiny-{task}", task=task, family="test", preprocessing=pre,
-                    outputs=(OutputSpec("scores", "scores", activation), OutputSpec("heatmap", "heatmap")))
+    card = new_card(
+        name=f"tiny-{task}",
+        task=task,
+        family="test",
+        preprocessing=pre,
+        outputs=(OutputSpec("scores", "scores", activation), OutputSpec("heatmap", "heatmap")),
+    )
     root.mkdir(parents=True, exist_ok=True)
-    build_tiny_onnx(root / "model.onnx", channels=pre.channels, size=size, num_labels=len(card.labels), seed=seed)
-    card = card.replace(artifacts={"onnx-fp32": artifact_entry(root, "model.onnx", format="onnx", precision="fp32")})
+    build_tiny_onnx(
+        root / "model.onnx",
+        channels=pre.channels,
+        size=size,
+        num_labels=len(card.labels),
+        seed=seed,
+    )
+    card = card.replace(
+        artifacts={"onnx-fp32": artifact_entry(root, "model.onnx", format="onnx", precision="fp32")}
+    )
     save_card(card, root)
     return root
 

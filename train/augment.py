@@ -39,23 +39,42 @@ def build_augmentation(modality: str, *, strength: float = 1.0) -> A.Compose:
             A.Rotate(limit=180, border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.9),
             A.RandomBrightnessContrast(brightness_limit=0.2 * s, contrast_limit=0.2 * s, p=0.7),
             A.RandomGamma(gamma_limit=(int(100 - 20 * s), int(100 + 20 * s)), p=0.5),
-            A.HueSaturationValue(hue_shift_limit=int(5 * s), sat_shift_limit=int(10 * s), val_shift_limit=0, p=0.3),
+            A.HueSaturationValue(
+                hue_shift_limit=int(5 * s), sat_shift_limit=int(10 * s), val_shift_limit=0, p=0.3
+            ),
             A.GaussianBlur(blur_limit=(3, 5), p=0.15 * s),
-            A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1),
-                            hole_width_range=(0.04, 0.1), fill=0, p=0.2 * s),
+            A.CoarseDropout(
+                num_holes_range=(1, 4),
+                hole_height_range=(0.04, 0.1),
+                hole_width_range=(0.04, 0.1),
+                fill=0,
+                p=0.2 * s,
+            ),
         ]
     elif modality == "oct":
         transforms = [
             A.HorizontalFlip(p=0.5),  # nasal/temporal mirror is anatomically plausible for a B-scan
             A.MultiplicativeNoise(multiplier=(1 - 0.15 * s, 1 + 0.15 * s), elementwise=True, p=0.5),
-            A.Affine(scale=(1 - 0.08 * s, 1 + 0.08 * s), translate_percent=(-0.05 * s, 0.05 * s),
-                     rotate=(-5 * s, 5 * s), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
+            A.Affine(
+                scale=(1 - 0.08 * s, 1 + 0.08 * s),
+                translate_percent=(-0.05 * s, 0.05 * s),
+                rotate=(-5 * s, 5 * s),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                p=0.7,
+            ),
             A.RandomBrightnessContrast(brightness_limit=0.1 * s, contrast_limit=0.1 * s, p=0.5),
         ]
     elif modality == "cxr":
         transforms = [  # no HorizontalFlip, on purpose (module doc)
-            A.Affine(scale=(1 - 0.1 * s, 1 + 0.1 * s), translate_percent=(-0.05 * s, 0.05 * s),
-                     rotate=(-7 * s, 7 * s), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
+            A.Affine(
+                scale=(1 - 0.1 * s, 1 + 0.1 * s),
+                translate_percent=(-0.05 * s, 0.05 * s),
+                rotate=(-7 * s, 7 * s),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                p=0.7,
+            ),
             A.RandomBrightnessContrast(brightness_limit=0.15 * s, contrast_limit=0.15 * s, p=0.7),
         ]
     else:
@@ -67,6 +86,10 @@ def augment(transform: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
     """Apply `transform` reproducibly: the same seed gives the same picture in any worker."""
     transform.set_random_seed(seed)
     out = transform(image=image)["image"]
-    if out.shape != image.shape or out.dtype != image.dtype:  # a transform must never change the contract
-        raise RuntimeError(f"augmentation changed {image.shape}/{image.dtype} to {out.shape}/{out.dtype}")
+    if (
+        out.shape != image.shape or out.dtype != image.dtype
+    ):  # a transform must never change the contract
+        raise RuntimeError(
+            f"augmentation changed {image.shape}/{image.dtype} to {out.shape}/{out.dtype}"
+        )
     return out

@@ -31,7 +31,9 @@ def load_trained(path: str | Path) -> TrainedModel:
     cfg = from_data(TrainConfig, state["config"], "config")
     torch.manual_seed(cfg.seed)
     # The checkpoint holds every weight: don't load (or require) pretrained ones again.
-    model = build_model(cfg.family, **{**cfg.model, "pretrained": False} if "pretrained" in cfg.model else cfg.model)
+    model = build_model(
+        cfg.family, **{**cfg.model, "pretrained": False} if "pretrained" in cfg.model else cfg.model
+    )
     for stage in cfg.stages[: state["stage"] + 1]:  # replay stage hooks (M²CNN's cells)
         model = _stage_hook(model, stage)
     model.load_state_dict(state["model"])

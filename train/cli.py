@@ -8,15 +8,29 @@ from pathlib import Path
 
 
 def add_train_command(sub) -> None:
-    p = sub.add_parser("train", help="train a model from a config (needs the train extra)",
-                       description="Train a screening model; writes model.pt, card.json and checkpoints to --out.")
-    p.add_argument("--config", required=True, help="YAML path or shipped config name, e.g. multitask-tiny")
-    p.add_argument("--data", required=True, action="append",
-                   help="FORMAT:PATH or a folder with labels.csv (repeat to combine sets)")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a config (needs the train extra)",
+        description="Train a screening model; writes model.pt, card.json and checkpoints to --out.",
+    )
+    p.add_argument(
+        "--config", required=True, help="YAML path or shipped config name, e.g. multitask-tiny"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="FORMAT:PATH or a folder with labels.csv (repeat to combine sets)",
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--cache", type=Path, default=None, help="prepared-image cache (default ~/.cache/edgescreen)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="prepared-image cache (default ~/.cache/edgescreen)",
+    )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.set_defaults(func=run_train)
 
@@ -30,11 +44,26 @@ def run_train(args: argparse.Namespace) -> int:
     sets = [load_dataset(spec) for spec in args.data]
     for ls in sets:
         print(ls.summary())
-    result = train(cfg, sets, args.out, resume=args.resume, device=args.device, cache_dir=args.cache,
-                   progress=not args.json)
-    summary = {"checkpoint": str(result.checkpoint), "card": str(result.out_dir / "card.json"),
-               "metric": result.metric_name, "value": result.val_metric, "seconds": round(result.seconds, 1),
-               "validation": result.card.metrics.get("validation", {})}
-    print(json.dumps(summary, indent=2) if args.json else
-          f"done in {result.seconds:.0f}s: validation {result.metric_name} {result.val_metric:.4f} -> {result.checkpoint}")
+    result = train(
+        cfg,
+        sets,
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        cache_dir=args.cache,
+        progress=not args.json,
+    )
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "card": str(result.out_dir / "card.json"),
+        "metric": result.metric_name,
+        "value": result.val_metric,
+        "seconds": round(result.seconds, 1),
+        "validation": result.card.metrics.get("validation", {}),
+    }
+    print(
+        json.dumps(summary, indent=2)
+        if args.json
+        else f"done in {result.seconds:.0f}s: validation {result.metric_name} {result.val_metric:.4f} -> {result.checkpoint}"
+    )
     return 0

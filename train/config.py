@@ -67,7 +67,9 @@ class TrainConfig:
 
     @property
     def modality(self) -> str:
-        return {"dr_grading": "fundus", "oct_classification": "oct", "cxr_findings": "cxr"}[self.task]
+        return {"dr_grading": "fundus", "oct_classification": "oct", "cxr_findings": "cxr"}[
+            self.task
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return to_data(self)

@@ -40,7 +40,9 @@ DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5, 3.5)
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EDGESCREEN_CACHE", Path.home() / ".cache" / "edgescreen")) / "prepared"
+    return (
+        Path(os.environ.get("EDGESCREEN_CACHE", Path.home() / ".cache" / "edgescreen")) / "prepared"
+    )
 
 
 @dataclass
@@ -58,7 +60,9 @@ class StopTraining(Exception):
     """Raised by an `on_epoch_end` callback to stop (tests use it to simulate a crash)."""
 
 
-def split_samples(data: LabelledSet | Sequence[LabelledSet], cfg: TrainConfig) -> dict[str, list[Sample]]:
+def split_samples(
+    data: LabelledSet | Sequence[LabelledSet], cfg: TrainConfig
+) -> dict[str, list[Sample]]:
     """Official train/val/test where the set has them, else a stratified patient-level split."""
     sets = [data] if isinstance(data, LabelledSet) else list(data)
     official: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
@@ -70,7 +74,9 @@ def split_samples(data: LabelledSet | Sequence[LabelledSet], cfg: TrainConfig) -
             official[name].extend(part)
     check_disjoint(official)
     if not official["train"] or not official["val"]:
-        raise ValueError(f"need training and validation images, got {[(k, len(v)) for k, v in official.items()]}")
+        raise ValueError(
+            f"need training and validation images, got {[(k, len(v)) for k, v in official.items()]}"
+        )
     return official
 
 
@@ -82,22 +88,42 @@ def preprocessing_for(cfg: TrainConfig, size: int | None = None) -> PreprocessCo
     return PreprocessConfig.from_dict({**base, **cfg.preprocessing}, where="config.preprocessing")
 
 
-def card_for(cfg: TrainConfig, model: torch.nn.Module, labels: tuple[str, ...], **extra: Any) -> ModelCard:
+def card_for(
+    cfg: TrainConfig, model: torch.nn.Module, labels: tuple[str, ...], **extra: Any
+) -> ModelCard:
     """The card the runtime would read for this model; cut points stay at x.5 until fitted."""
     from edgescreen.runtime.card import default_decision
 
-    outputs = tuple(OutputSpec(name, role, act) for name, (role, act) in model.export_outputs.items())
+    outputs = tuple(
+        OutputSpec(name, role, act) for name, (role, act) in model.export_outputs.items()
+    )
     decision = default_decision(cfg.task, labels)
     if any(o.role == "grade_value" for o in outputs):
         decision = dataclasses.replace(decision, cutpoints=DEFAULT_CUTPOINTS)
-    return new_card(name=cfg.name, task=cfg.task, family=cfg.family, preprocessing=preprocessing_for(cfg),
-                    outputs=outputs, labels=labels, decision=decision, **extra)
+    return new_card(
+        name=cfg.name,
+        task=cfg.task,
+        family=cfg.family,
+        preprocessing=preprocessing_for(cfg),
+        outputs=outputs,
+        labels=labels,
+        decision=decision,
+        **extra,
+    )
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: LabelledSet | Sequence[LabelledSet], out_dir: str | Path, *,
-                 device: str = "cpu", cache_dir: str | Path | None = None, progress: bool = True,
-                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: LabelledSet | Sequence[LabelledSet],
+        out_dir: str | Path,
+        *,
+        device: str = "cpu",
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -117,40 +143,80 @@ class Trainer:
     def _write_split_manifest(self) -> None:
         # Which image went where, by content: export refuses calibration images that overlap evaluation.
         # Labels too, so export can rebuild a split without knowing which loader read it.
-        manifest = {name: [{"ref": s.ref, "patient": s.patient, "sha256": sample_hash(s),
-                            "label": list(s.label) if isinstance(s.label, tuple) else s.label,
-                            "file": s.path is not None} for s in part]
-                    for name, part in self.splits.items()}
+        manifest = {
+            name: [
+                {
+                    "ref": s.ref,
+                    "patient": s.patient,
+                    "sha256": sample_hash(s),
+                    "label": list(s.label) if isinstance(s.label, tuple) else s.label,
+                    "file": s.path is not None,
+                }
+                for s in part
+            ]
+            for name, part in self.splits.items()
+        }
         (self.out / "splits.json").write_text(json.dumps(manifest, indent=1))
 
     def data_manifest(self) -> dict[str, Any]:
         def counts(part: list[Sample]) -> dict[str, int]:
             y = _targets(part)
             if self.multilabel:
-                return {label: int(y[:, k].sum()) for k, label in enumerate(self.labels)} if len(y) else {}
+                return (
+                    {label: int(y[:, k].sum()) for k, label in enumerate(self.labels)}
+                    if len(y)
+                    else {}
+                )
             return {label: int((y == k).sum()) for k, label in enumerate(self.labels)}
 
-        return {"splits": {name: {"images": len(part), "patients": len({s.patient for s in part}),
-                                  "class_counts": counts(part)} for name, part in self.splits.items()},
-                "split_file": "splits.json"}
+        return {
+            "splits": {
+                name: {
+                    "images": len(part),
+                    "patients": len({s.patient for s in part}),
+                    "class_counts": counts(part),
+                }
+                for name, part in self.splits.items()
+            },
+            "split_file": "splits.json",
+        }
 
-    def _loader(self, split: str, size: int, *, train: bool, batch_size: int, epoch_seed: int) -> DataLoader:
+    def _loader(
+        self, split: str, size: int, *, train: bool, batch_size: int, epoch_seed: int
+    ) -> DataLoader:
         pre = preprocessing_for(self.cfg, size)
         working = max(self.cfg.working_size or size, size)
-        ds = ScreeningDataset(self.splits[split], pre, train=train, working_size=working,
-                              cache_dir=self.cache_dir, seed=self.cfg.seed)
+        ds = ScreeningDataset(
+            self.splits[split],
+            pre,
+            train=train,
+            working_size=working,
+            cache_dir=self.cache_dir,
+            seed=self.cfg.seed,
+        )
         if train and self.cfg.augment_strength != 1.0:
             from .augment import build_augmentation
 
-            ds.augmentation = build_augmentation(self.cfg.modality, strength=self.cfg.augment_strength)
+            ds.augmentation = build_augmentation(
+                self.cfg.modality, strength=self.cfg.augment_strength
+            )
         ds.set_epoch(epoch_seed)
         generator = torch.Generator().manual_seed(epoch_seed)
         sampler = None
         if train and self.cfg.class_balance and not self.multilabel:
-            sampler = WeightedRandomSampler(self._balance_weights(ds), len(ds), replacement=True, generator=generator)
-        return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                          generator=generator, num_workers=self.cfg.num_workers, drop_last=False,
-                          persistent_workers=False)
+            sampler = WeightedRandomSampler(
+                self._balance_weights(ds), len(ds), replacement=True, generator=generator
+            )
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            generator=generator,
+            num_workers=self.cfg.num_workers,
+            drop_last=False,
+            persistent_workers=False,
+        )
 
     @staticmethod
     def _balance_weights(ds: ScreeningDataset) -> torch.Tensor:
@@ -160,20 +226,28 @@ class Trainer:
         return torch.as_tensor(1.0 / np.sqrt(counts[y]), dtype=torch.double)
 
     # -- stages -------------------------------------------------------------------------
-    def _set_trainable(self, model: torch.nn.Module, stage: StageConfig) -> list[torch.nn.Parameter]:
+    def _set_trainable(
+        self, model: torch.nn.Module, stage: StageConfig
+    ) -> list[torch.nn.Parameter]:
         params = []
         for name, p in model.named_parameters():
-            wanted = (not stage.train or name.startswith(stage.train)) and not name.startswith(stage.freeze or ("\0",))
+            wanted = (not stage.train or name.startswith(stage.train)) and not name.startswith(
+                stage.freeze or ("\0",)
+            )
             p.requires_grad_(wanted)
             if wanted:
                 params.append(p)
         if not params:
-            raise ValueError(f"stage {stage.name!r} trains no parameters (train={stage.train}, freeze={stage.freeze})")
+            raise ValueError(
+                f"stage {stage.name!r} trains no parameters (train={stage.train}, freeze={stage.freeze})"
+            )
         return params
 
     def _optimizer(self, params, stage: StageConfig, steps: int):
         if stage.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=stage.lr, momentum=0.9, weight_decay=stage.weight_decay, nesterov=True)
+            opt = torch.optim.SGD(
+                params, lr=stage.lr, momentum=0.9, weight_decay=stage.weight_decay, nesterov=True
+            )
         else:
             opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         warm = stage.warmup_epochs / max(stage.epochs, 1)
@@ -226,25 +300,50 @@ class Trainer:
             for ep in range(epoch, stage.epochs):
                 epoch_seed = _epoch_seed(cfg.seed, si, ep)
                 torch.manual_seed(epoch_seed)
-                loss = self._train_epoch(model, stage, opt, sched, size, epoch_seed, f"{stage.name} {ep + 1}/{stage.epochs}")
+                loss = self._train_epoch(
+                    model,
+                    stage,
+                    opt,
+                    sched,
+                    size,
+                    epoch_seed,
+                    f"{stage.name} {ep + 1}/{stage.epochs}",
+                )
                 val = self.evaluate(model, "val", size)
                 row = {"stage": stage.name, "epoch": ep + 1, "loss": loss, **val}
                 history.append(row)
-                improved = size == cfg.input_size and (best is None or val["metric"] > best["metric"])
+                improved = size == cfg.input_size and (
+                    best is None or val["metric"] > best["metric"]
+                )
                 if improved:
                     best = {"metric": val["metric"], "stage": si, "epoch": ep + 1}
                     self._save(BEST, model, si, ep + 1, opt, sched, history, best)
                 self._save(CHECKPOINT, model, si, ep + 1, opt, sched, history, best)
                 if self.progress:
-                    print(f"[{stage.name}] epoch {ep + 1}/{stage.epochs} loss {loss:.4f} "
-                          f"val {val['metric_name']} {val['metric']:.4f}{' *' if improved else ''}", flush=True)
+                    print(
+                        f"[{stage.name}] epoch {ep + 1}/{stage.epochs} loss {loss:.4f} "
+                        f"val {val['metric_name']} {val['metric']:.4f}{' *' if improved else ''}",
+                        flush=True,
+                    )
                 if self.on_epoch_end:
                     self.on_epoch_end(row)
             if stage.epochs == 0:
                 self._save(CHECKPOINT, model, si, 0, opt, sched, history, best)
         if best is None:  # no epoch ran at the exported size: keep the final weights
-            self._save(BEST, model, len(cfg.stages) - 1, cfg.stages[-1].epochs, opt, sched, history,
-                       {"metric": float("nan"), "stage": len(cfg.stages) - 1, "epoch": cfg.stages[-1].epochs})
+            self._save(
+                BEST,
+                model,
+                len(cfg.stages) - 1,
+                cfg.stages[-1].epochs,
+                opt,
+                sched,
+                history,
+                {
+                    "metric": float("nan"),
+                    "stage": len(cfg.stages) - 1,
+                    "epoch": cfg.stages[-1].epochs,
+                },
+            )
         return self._finish(time.perf_counter() - start_time, history)
 
     def _train_epoch(self, model, stage, opt, sched, size, epoch_seed, label) -> float:
@@ -252,9 +351,12 @@ class Trainer:
         # A frozen part must stay frozen: its BatchNorm statistics too, not only its weights.
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in module.parameters()):
+                p.requires_grad for p in module.parameters()
+            ):
                 module.eval()
-        loader = self._loader("train", size, train=True, batch_size=stage.batch_size, epoch_seed=epoch_seed)
+        loader = self._loader(
+            "train", size, train=True, batch_size=stage.batch_size, epoch_seed=epoch_seed
+        )
         use_amp = self.cfg.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         total, count = 0.0, 0
@@ -262,7 +364,14 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             with torch.autocast(self.device.type, enabled=use_amp):
                 outputs = model(x)
-                loss = objective(stage.loss, outputs, y, model=model, num_classes=len(self.labels), **stage.loss_args)
+                loss = objective(
+                    stage.loss,
+                    outputs,
+                    y,
+                    model=model,
+                    num_classes=len(self.labels),
+                    **stage.loss_args,
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -273,10 +382,14 @@ class Trainer:
         return total / max(count, 1)
 
     @torch.inference_mode()
-    def predict(self, model: torch.nn.Module, split: str, size: int | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self, model: torch.nn.Module, split: str, size: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Exported outputs of the model over a split, as the runtime would receive them."""
         model.eval()
-        loader = self._loader(split, size or self.cfg.input_size, train=False, batch_size=32, epoch_seed=0)
+        loader = self._loader(
+            split, size or self.cfg.input_size, train=False, batch_size=32, epoch_seed=0
+        )
         chunks: dict[str, list[np.ndarray]] = {}
         for x, _ in loader:
             out = model(x.to(self.device))
@@ -284,7 +397,9 @@ class Trainer:
                 chunks.setdefault(name, []).append(out[name].float().cpu().numpy())
         return {k: np.concatenate(v) for k, v in chunks.items()}
 
-    def evaluate(self, model, split: str, size: int | None = None, card: ModelCard | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, model, split: str, size: int | None = None, card: ModelCard | None = None
+    ) -> dict[str, Any]:
         outputs = self.predict(model, split, size)
         card = card or card_for(self.cfg, model, self.labels)
         return task_metrics(card, outputs, _targets(self.splits[split]))
@@ -296,23 +411,51 @@ class Trainer:
         outputs = self.predict(model, "val")
         y_val = _targets(self.splits["val"])
         card = card_for(self.cfg, model, self.labels)
-        card = card.replace(decision=fit_thresholds(card, outputs, y_val, self.cfg.target_sensitivity))
+        card = card.replace(
+            decision=fit_thresholds(card, outputs, y_val, self.cfg.target_sensitivity)
+        )
         val = task_metrics(card, outputs, y_val)
-        card = card.replace(metrics={"validation": {k: v for k, v in val.items() if k != "metric_name"}},
-                            versions=_versions(), data_manifest=self.data_manifest())
+        card = card.replace(
+            metrics={"validation": {k: v for k, v in val.items() if k != "metric_name"}},
+            versions=_versions(),
+            data_manifest=self.data_manifest(),
+        )
         (self.out / CARD).write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n")
         # What export needs: weights, the config that rebuilds the model, the card fragment.
         tmp = self.out / ".model.pt.tmp"
-        torch.save({"config": self.cfg.to_dict(), "stage": best["stage"], "model": best["model"],
-                    "card": card.to_dict()}, tmp)
+        torch.save(
+            {
+                "config": self.cfg.to_dict(),
+                "stage": best["stage"],
+                "model": best["model"],
+                "card": card.to_dict(),
+            },
+            tmp,
+        )
         os.replace(tmp, self.out / "model.pt")
-        return TrainResult(self.out, self.out / "model.pt", card, val["metric_name"], val["metric"], history, seconds)
+        return TrainResult(
+            self.out,
+            self.out / "model.pt",
+            card,
+            val["metric_name"],
+            val["metric"],
+            history,
+            seconds,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def _save(self, name, model, stage, epoch, opt, sched, history, best) -> None:
-        state = {"config": self.cfg.to_dict(), "stage": stage, "epoch": epoch, "model": model.state_dict(),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-                 "best": best, "rng": _get_rng()}
+        state = {
+            "config": self.cfg.to_dict(),
+            "stage": stage,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "history": history,
+            "best": best,
+            "rng": _get_rng(),
+        }
         tmp = self.out / f".{name}.tmp"
         torch.save(state, tmp)  # temp file + rename: a crash never leaves half a checkpoint
         os.replace(tmp, self.out / name)
@@ -320,7 +463,9 @@ class Trainer:
     def _load(self, name: str) -> dict[str, Any]:
         state = torch.load(self.out / name, map_location=self.device, weights_only=False)
         if state["config"] != self.cfg.to_dict():
-            raise ValueError(f"{self.out / name} was written by a different config; use a new --out")
+            raise ValueError(
+                f"{self.out / name} was written by a different config; use a new --out"
+            )
         return state
 
 
@@ -346,30 +491,51 @@ def task_metrics(card: ModelCard, outputs: dict[str, np.ndarray], y: np.ndarray)
     referred = np.array([f.decision in ("refer", "urgent") for f in found])
     sens = float(referred[referable].mean()) if referable.any() else float("nan")
     spec = float((~referred[~referable]).mean()) if (~referable).any() else float("nan")
-    return {"metric_name": "qwk", "metric": qwk, "qwk": qwk, "accuracy": acc,
-            "referral_sensitivity": sens, "referral_specificity": spec}
+    return {
+        "metric_name": "qwk",
+        "metric": qwk,
+        "qwk": qwk,
+        "accuracy": acc,
+        "referral_sensitivity": sens,
+        "referral_specificity": spec,
+    }
 
 
-def fit_thresholds(card: ModelCard, outputs: dict[str, np.ndarray], y: np.ndarray, target_sensitivity: float):
+def fit_thresholds(
+    card: ModelCard, outputs: dict[str, np.ndarray], y: np.ndarray, target_sensitivity: float
+):
     """QWK-optimal cut points, referral threshold for a sensitivity, per-finding Youden."""
     dec = card.decision
     changes: dict[str, Any] = {}
     if card.task == "dr_grading":
         value = card.output("grade_value")
         if value is not None:
-            changes["cutpoints"] = tuple(float(c) for c in metrics.optimise_qwk_cutpoints(
-                y, np.ravel(outputs[value.name]), len(card.labels), init=np.array(DEFAULT_CUTPOINTS)))
+            changes["cutpoints"] = tuple(
+                float(c)
+                for c in metrics.optimise_qwk_cutpoints(
+                    y,
+                    np.ravel(outputs[value.name]),
+                    len(card.labels),
+                    init=np.array(DEFAULT_CUTPOINTS),
+                )
+            )
         scores = card.output("scores")
         referable = y >= dec.refer_min_grade
         if scores is not None and referable.any() and (~referable).any():
-            p = activate(outputs[scores.name], scores.activation)[:, dec.refer_min_grade:].sum(axis=1)
-            changes["referable_threshold"] = float(metrics.threshold_for_sensitivity(referable, p, target_sensitivity))
+            p = activate(outputs[scores.name], scores.activation)[:, dec.refer_min_grade :].sum(
+                axis=1
+            )
+            changes["referable_threshold"] = float(
+                metrics.threshold_for_sensitivity(referable, p, target_sensitivity)
+            )
     elif card.task == "cxr_findings":
         probs = activate(outputs[card.output("scores").name], "sigmoid")
         thresholds = dict(dec.thresholds)
         for k, label in enumerate(card.labels):
             if 0 < y[:, k].sum() < len(y):
-                thresholds[label] = float(np.clip(metrics.youden_threshold(y[:, k], probs[:, k]), 0.0, 1.0))
+                thresholds[label] = float(
+                    np.clip(metrics.youden_threshold(y[:, k], probs[:, k]), 0.0, 1.0)
+                )
         changes["thresholds"] = thresholds
     return dataclasses.replace(dec, **changes)
 
@@ -381,7 +547,9 @@ def _stage_hook(model: torch.nn.Module, stage: StageConfig) -> torch.nn.Module:
         return model
     hook = getattr(model, stage.before, None)
     if hook is None:
-        raise ValueError(f"stage {stage.name!r}: the {type(model).__name__} model has no method {stage.before!r}")
+        raise ValueError(
+            f"stage {stage.name!r}: the {type(model).__name__} model has no method {stage.before!r}"
+        )
     result = hook()
     return result if isinstance(result, torch.nn.Module) else model
 
@@ -395,7 +563,11 @@ def _finite(value: float) -> float:
 
 
 def _get_rng() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def _set_rng(state: dict[str, Any]) -> None:
@@ -409,8 +581,12 @@ def _versions() -> dict[str, str]:
 
     from edgescreen.runtime import __version__
 
-    return {"edgescreen": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": np.__version__}
+    return {
+        "edgescreen": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _progress(loader, label: str, enabled: bool):
@@ -419,7 +595,9 @@ def _progress(loader, label: str, enabled: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as bar:
         task = bar.add_task(label, total=len(loader))
         for item in loader:
             yield item

@@ -17,26 +17,53 @@ from . import losses
 Outputs = Mapping[str, torch.Tensor]
 
 
-def _ce(outputs: Outputs, target: torch.Tensor, *, output: str = "scores", label_smoothing: float = 0.0,
-        **_: object) -> torch.Tensor:
+def _ce(
+    outputs: Outputs,
+    target: torch.Tensor,
+    *,
+    output: str = "scores",
+    label_smoothing: float = 0.0,
+    **_: object,
+) -> torch.Tensor:
     return F.cross_entropy(outputs[output], target.long(), label_smoothing=label_smoothing)
 
 
-def _focal(outputs: Outputs, target: torch.Tensor, *, output: str = "scores", gamma: float = 2.0,
-           **_: object) -> torch.Tensor:
+def _focal(
+    outputs: Outputs,
+    target: torch.Tensor,
+    *,
+    output: str = "scores",
+    gamma: float = 2.0,
+    **_: object,
+) -> torch.Tensor:
     return losses.focal_loss(outputs[output], target, gamma=gamma)
 
 
-def _bce(outputs: Outputs, target: torch.Tensor, *, output: str = "scores", gamma: float = 0.0,
-         pos_weight: list[float] | None = None, **_: object) -> torch.Tensor:
+def _bce(
+    outputs: Outputs,
+    target: torch.Tensor,
+    *,
+    output: str = "scores",
+    gamma: float = 0.0,
+    pos_weight: list[float] | None = None,
+    **_: object,
+) -> torch.Tensor:
     weight = None if pos_weight is None else torch.tensor(pos_weight, device=target.device)
     return losses.binary_focal_loss(outputs[output], target, gamma=gamma, pos_weight=weight)
 
 
-def _multitask(outputs: Outputs, target: torch.Tensor, *, weights: Mapping[str, float] | None = None,
-               focal_gamma: float = 0.0, regression: str = "smooth_l1", **_: object) -> torch.Tensor:
-    return losses.multitask_loss(outputs, target, weights or (1.0, 1.0, 1.0), regression=regression,
-                                 gamma=focal_gamma)["loss"]
+def _multitask(
+    outputs: Outputs,
+    target: torch.Tensor,
+    *,
+    weights: Mapping[str, float] | None = None,
+    focal_gamma: float = 0.0,
+    regression: str = "smooth_l1",
+    **_: object,
+) -> torch.Tensor:
+    return losses.multitask_loss(
+        outputs, target, weights or (1.0, 1.0, 1.0), regression=regression, gamma=focal_gamma
+    )["loss"]
 
 
 def _combiner(outputs: Outputs, target: torch.Tensor, **_: object) -> torch.Tensor:
@@ -44,7 +71,9 @@ def _combiner(outputs: Outputs, target: torch.Tensor, **_: object) -> torch.Tens
     return F.smooth_l1_loss(outputs["grade_value"], target.to(outputs["grade_value"]))
 
 
-def _m2cnn(outputs: Outputs, target: torch.Tensor, *, lam: float = 1.0, **_: object) -> torch.Tensor:
+def _m2cnn(
+    outputs: Outputs, target: torch.Tensor, *, lam: float = 1.0, **_: object
+) -> torch.Tensor:
     return losses.m2cnn_loss(outputs, target, lam=lam)["loss"]
 
 

@@ -35,7 +35,7 @@ _REGISTRY: dict[str, str] = {
 INSTALL_HINTS = {
     "onnxruntime": "pip install 'edgescreen[runtime]' (or onnxruntime-gpu on a CUDA host)",
     "tensorrt": "on a Jetson: sudo apt install python3-libnvinfer python3-pycuda (JetPack 6); "
-                "on a GPU host: pip install tensorrt pycuda",
+    "on a GPU host: pip install tensorrt pycuda",
 }
 
 
@@ -51,8 +51,12 @@ def load_backend(name: str, model_path: str | Path, **options: Any) -> Backend:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise BackendUnavailable(f"the {name} backend is not part of this edgescreen build") from None
-        raise BackendUnavailable(f"the {name} backend needs {exc.name}: {INSTALL_HINTS[name]}") from None
+            raise BackendUnavailable(
+                f"the {name} backend is not part of this edgescreen build"
+            ) from None
+        raise BackendUnavailable(
+            f"the {name} backend needs {exc.name}: {INSTALL_HINTS[name]}"
+        ) from None
     return getattr(module, cls_name)(model_path, **options)
 
 
@@ -60,7 +64,6 @@ def is_available(name: str) -> bool:
     """True when the backend's library imports; cheap enough for auto-selection."""
     lib = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}[name]
     return importlib.util.find_spec(lib) is not None
-
 
 
 def resolve_backend(name: str, bundle: str | Path | None = None, precision: str = "fp32") -> str:

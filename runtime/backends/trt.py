@@ -110,8 +110,13 @@ def _resolve(model_path: Path, precision: str | None) -> tuple[Path, str | None,
 
 def _engine_key(bundle: Path, precision: str, device: DeviceInfo, dla_core: int | None):
     """The cache key of the engine this device needs for the bundle's model and precision."""
-    return make_key(load_card(bundle), precision, device, dla_core=dla_core,
-                    quantization=default_quantization(device.trt_version, precision))
+    return make_key(
+        load_card(bundle),
+        precision,
+        device,
+        dla_core=dla_core,
+        quantization=default_quantization(device.trt_version, precision),
+    )
 
 
 def locate_engine(
@@ -122,7 +127,9 @@ def locate_engine(
     device: DeviceInfo | None = None,
 ) -> Path:
     """The engine to load: the cached one for this device, else refuse naming the build command."""
-    found: Lookup = find_engine(bundle, _engine_key(bundle, precision, device or current_device(), dla_core))
+    found: Lookup = find_engine(
+        bundle, _engine_key(bundle, precision, device or current_device(), dla_core)
+    )
     if found.path is not None:
         return found.path
     # The runtime never builds: a build takes minutes on a Jetson and lives in edgescreen.export

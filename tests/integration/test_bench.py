@@ -13,15 +13,25 @@ from edgescreen.train.data.loaders import load_srahim_fundus
 
 def test_bench_writes_a_valid_results_file(dr_bundle, fundus_dir, tmp_path):
     samples = load_srahim_fundus(fundus_dir).samples[::50]  # 8 real photos, every grade
-    data = run_bench(dr_bundle, eval_samples=samples, out=tmp_path, batches=(1, 2), min_seconds=0.05,
-                     min_iters=3, progress=False)
+    data = run_bench(
+        dr_bundle,
+        eval_samples=samples,
+        out=tmp_path,
+        batches=(1, 2),
+        min_seconds=0.05,
+        min_iters=3,
+        progress=False,
+    )
     written = {k: tmp_path / v.split("/")[-1] for k, v in data["written"].items()}
     assert {"json", "markdown", "latency_plot"} <= set(written)
     results = json.loads(written["json"].read_text())
     validate_results(results)  # the schema a reader relies on
     rows = {(r["config"], r["batch"]) for r in results["latency"]}
     assert rows == {("onnxruntime-fp32", 1), ("onnxruntime-fp32", 2)}
-    assert all(r["error"] is None and r["median_ms"] > 0 and r["peak_rss_mb"] > 0 for r in results["latency"])
+    assert all(
+        r["error"] is None and r["median_ms"] > 0 and r["peak_rss_mb"] > 0
+        for r in results["latency"]
+    )
     pipeline = results["pipeline"]
     assert pipeline["runtime"]["ok"] == len(samples)
     assert pipeline["decode_only"]["images"] == pipeline["infer_only"]["images"] == len(samples)
@@ -32,7 +42,9 @@ def test_bench_writes_a_valid_results_file(dr_bundle, fundus_dir, tmp_path):
 
 
 def test_results_schema_names_the_broken_field(dr_bundle, tmp_path):
-    data = run_bench(dr_bundle, out=None, batches=(1,), min_seconds=0.02, min_iters=2, progress=False)
+    data = run_bench(
+        dr_bundle, out=None, batches=(1,), min_seconds=0.02, min_iters=2, progress=False
+    )
     validate_results(data)
     del data["latency"][0]["median_ms"]
     with pytest.raises(ValueError, match=r"latency\[0\]\.median_ms is missing"):
@@ -43,10 +55,14 @@ def test_results_schema_names_the_broken_field(dr_bundle, tmp_path):
 
 
 def test_floors_compare_the_right_way():
-    data = {"ratios": {"onnxruntime-int8-cpu-form_vs_eager_fp32_b1": 4.2},
-            "pipeline": {"runtime_vs_naive": 3.0, "runtime_vs_bound": 0.9},
-            "drift": [{"precision": "int8", "metric_name": "qwk", "delta": -0.02, "flip_rate": 0.0},
-                      {"precision": "fp16", "metric_name": "qwk", "delta": 0.001, "flip_rate": 0.0}]}
+    data = {
+        "ratios": {"onnxruntime-int8-cpu-form_vs_eager_fp32_b1": 4.2},
+        "pipeline": {"runtime_vs_naive": 3.0, "runtime_vs_bound": 0.9},
+        "drift": [
+            {"precision": "int8", "metric_name": "qwk", "delta": -0.02, "flip_rate": 0.0},
+            {"precision": "fp16", "metric_name": "qwk", "delta": 0.001, "flip_rate": 0.0},
+        ],
+    }
     floors = {f["name"]: f["passed"] for f in evaluate_floors(data)}
     assert floors["INT8 CPU-form vs PyTorch eager FP32, batch 1"] is True
     assert floors["runtime pipeline vs naive pipeline"] is False

@@ -21,8 +21,15 @@ JETSON = ROOT / "jetson"
 SCRIPTS = sorted(JETSON.glob("*.sh"))
 UNIT = JETSON / "edgescreen-batch.service"
 BENCH = JETSON / "bench-with-power.sh"
-NULL_FIELDS = ("nvpmodel", "jetson_clocks", "l4t", "module", "tensorrt", "tegrastats_log",
-               "tegrastats_summary")
+NULL_FIELDS = (
+    "nvpmodel",
+    "jetson_clocks",
+    "l4t",
+    "module",
+    "tensorrt",
+    "tegrastats_log",
+    "tegrastats_summary",
+)
 
 
 def test_scripts_found():
@@ -39,8 +46,9 @@ def test_bash_n(script):
 def test_shellcheck(script):
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed")
-    r = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True,
-                       cwd=JETSON)
+    r = subprocess.run(
+        ["shellcheck", "-x", str(script)], capture_output=True, text=True, cwd=JETSON
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -61,8 +69,9 @@ def test_unit_systemd_analyze_verify(tmp_path):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     unit = _unit_for_verify(tmp_path)
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     out = r.stdout + r.stderr
     # Only lines about our unit count: in a container systemd also complains about its own
     # environment (no running manager, unrelated units on the host).
@@ -106,8 +115,7 @@ while :; do
 done
 """
 FAKE_NVPMODEL = "#!/bin/sh\nprintf 'NV Power Mode: 15W\\n0\\n'\n"
-FAKE_CLOCKS = ("#!/bin/sh\necho 'GPU MinFreq=624750000 MaxFreq=624750000 "
-               "CurrentFreq=624750000'\n")
+FAKE_CLOCKS = "#!/bin/sh\necho 'GPU MinFreq=624750000 MaxFreq=624750000 CurrentFreq=624750000'\n"
 
 
 def _bin(tmp_path: Path, tools: dict[str, str]) -> Path:
@@ -125,8 +133,9 @@ def _run_bench(tmp_path: Path, tools: dict[str, str], args: list[str], **env):
     # Only the fake tools and the basics: a real Jetson tool on this machine must not leak in.
     path = os.pathsep.join([str(b), "/usr/bin", "/bin"])
     e = {"PATH": path, "HOME": str(tmp_path), "LANG": "C.UTF-8", **env}
-    return subprocess.run(["bash", str(BENCH), *args], cwd=tmp_path, env=e,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(BENCH), *args], cwd=tmp_path, env=e, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -156,9 +165,12 @@ def test_bench_default_out_and_failure_status(tmp_path, need_python3):
 
 
 def test_bench_with_fake_jetson_tools(tmp_path, need_python3):
-    tools = {"tegrastats": FAKE_TEGRASTATS, "nvpmodel": FAKE_NVPMODEL,
-             "jetson_clocks": FAKE_CLOCKS,
-             "edgescreen": FAKE_EDGESCREEN.replace("mkdir", "sleep 1; mkdir")}
+    tools = {
+        "tegrastats": FAKE_TEGRASTATS,
+        "nvpmodel": FAKE_NVPMODEL,
+        "jetson_clocks": FAKE_CLOCKS,
+        "edgescreen": FAKE_EDGESCREEN.replace("mkdir", "sleep 1; mkdir"),
+    }
     r = _run_bench(tmp_path, tools, ["--out=res"])
     assert r.returncode == 0, r.stdout + r.stderr
     power = json.loads((tmp_path / "res" / "power.json").read_text())

@@ -61,7 +61,12 @@ def _mutate(data, path, value=None, delete=False):
         (["task"], "segmentation", False, "task"),
         (["outputs", 0, "role"], "logits", False, "outputs[0].role"),
         (["decision", "thresholds"], {"no_dr": 1.5}, False, "decision.thresholds.no_dr"),
-        (["decision", "class_decisions"], {"mild": "panic"}, False, "decision.class_decisions.mild"),
+        (
+            ["decision", "class_decisions"],
+            {"mild": "panic"},
+            False,
+            "decision.class_decisions.mild",
+        ),
         (["quality"], "strict", False, "quality"),
         (["preprocessing", "modality"], "oct", False, "preprocessing"),
         (["preprocessing", "channels"], 2, False, "preprocessing.channels"),

@@ -17,7 +17,9 @@ EXE = [sys.executable, "-m", "edgescreen.runtime.cli"]
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}  # rich folds long names at 80 columns in a pipe
-    return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [*EXE, *map(str, args)], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_screen_json(dr_bundle, fundus_dir, tmp_path):

@@ -24,7 +24,7 @@ def test_colour_is_rgb(tmp_path):
 
 
 def test_sixteen_bit_grey_keeps_its_depth(tmp_path):
-    grey = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)
+    grey = np.arange(100, dtype=np.uint16).reshape(10, 10) * 600
     img = load_image(_write(tmp_path / "xray16.png", grey))
     assert img.dtype == np.uint16 and np.array_equal(img, grey)
 
@@ -39,11 +39,14 @@ def test_unicode_and_spaces_in_names(tmp_path):
     assert load_image(path).shape == (5, 5, 3)
 
 
-@pytest.mark.parametrize("content, problem", [
-    (b"", "empty file"),
-    (b"this is a text file, not an image", "not a readable image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "empty file"),
+        (b"this is a text file, not an image", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "not a readable image"),
+    ],
+)
 def test_bad_files_name_the_file_and_problem(tmp_path, content, problem):
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)
@@ -84,7 +87,12 @@ def test_exif_orientation_is_applied():
     ok, buf = cv2.imencode(".jpg", img)
     data = buf.tobytes()
     # APP1 Exif segment with a single Orientation=6 tag (big-endian TIFF header).
-    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00" + b"\x00\x00\x00\x00"
+    tiff = (
+        b"MM\x00\x2a\x00\x00\x00\x08"
+        + b"\x00\x01"
+        + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+        + b"\x00\x00\x00\x00"
+    )
     payload = b"Exif\x00\x00" + tiff
     app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
     rotated = decode_image(data[:2] + app1 + data[2:], "exif.jpg")

@@ -27,7 +27,9 @@ def test_screens_real_photos_like_the_model_does(dr_bundle, real_photos):
     import onnxruntime as ort
 
     card = load_card(dr_bundle)
-    session = ort.InferenceSession(str(dr_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(dr_bundle / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     with Screener(dr_bundle, backend="onnxruntime") as screener:
         results = list(screener.screen_many(real_photos, batch_size=4))
     assert [r.image for r in results] == [str(p) for p in real_photos]
@@ -98,12 +100,16 @@ def test_missing_precision_and_backend_are_clear(dr_bundle):
 
 
 def test_cutpoints_grade_a_regression_output():
-    assert list(grades_from_values(np.array([-0.2, 0.49, 0.5, 1.7, 3.6, 9.0]), (0.5, 1.5, 2.5, 3.5))) == [0, 0, 1, 2, 4, 4]
+    assert list(
+        grades_from_values(np.array([-0.2, 0.49, 0.5, 1.7, 3.6, 9.0]), (0.5, 1.5, 2.5, 3.5))
+    ) == [0, 0, 1, 2, 4, 4]
 
 
 def test_referable_threshold_refers_a_low_grade(dr_bundle):
     card = load_card(dr_bundle)
-    card = card.replace(decision=card.decision.__class__(**{**card.decision.__dict__, "referable_threshold": 0.3}))
+    card = card.replace(
+        decision=card.decision.__class__(**{**card.decision.__dict__, "referable_threshold": 0.3})
+    )
     scores = np.log(np.array([[0.6, 0.05, 0.2, 0.1, 0.05], [0.9, 0.05, 0.03, 0.01, 0.01]]))
     a, b = interpret_batch(card, {"scores": scores, "heatmap": np.zeros((2, 1, 4, 4), np.float32)})
     assert a.grade == 0 and a.decision == "refer" and a.referable_probability == pytest.approx(0.35)
@@ -115,7 +121,10 @@ def test_oct_and_cxr_decisions(tmp_path):
 
     oct_card = load_card(make_bundle(tmp_path / "oct", "oct_classification", size=64))
     eye = np.eye(4) * 10
-    got = [i.decision for i in interpret_batch(oct_card, {"scores": eye, "heatmap": np.ones((4, 1, 4, 4))})]
+    got = [
+        i.decision
+        for i in interpret_batch(oct_card, {"scores": eye, "heatmap": np.ones((4, 1, 4, 4))})
+    ]
     assert got == ["urgent", "refer", "routine", "none"]  # CNV, DME, DRUSEN, NORMAL
     cxr_card = load_card(make_bundle(tmp_path / "cxr", "cxr_findings", size=64))
     scores = np.full((2, 14), -5.0)
@@ -141,7 +150,9 @@ def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path, mon
 
     def fake_selftest(bundle, precision, backend, ready=True):
         calls.append(backend)
-        return SelfTestReport(str(bundle), precision, backend, "cuda:0", ready, [] if ready else ["max rel 0.4"])
+        return SelfTestReport(
+            str(bundle), precision, backend, "cuda:0", ready, [] if ready else ["max rel 0.4"]
+        )
 
     monkeypatch.setattr(golden, "selftest", lambda b, p, k: fake_selftest(b, p, k, ready=False))
     with pytest.raises(BackendUnavailable, match="failed its self-test.*max rel 0.4"):

@@ -8,8 +8,10 @@ import pytest
 from edgescreen.train.augment import augment, build_augmentation
 
 
-@pytest.mark.parametrize("modality, shape", [("fundus", (96, 96, 3)), ("oct", (96, 96, 1)),
-                                             ("cxr", (96, 96, 3)), ("cxr", (96, 96, 1))])
+@pytest.mark.parametrize(
+    "modality, shape",
+    [("fundus", (96, 96, 3)), ("oct", (96, 96, 1)), ("cxr", (96, 96, 3)), ("cxr", (96, 96, 1))],
+)
 def test_shapes_dtypes_and_determinism(modality, shape):
     image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     transform = build_augmentation(modality)
@@ -21,7 +23,9 @@ def test_shapes_dtypes_and_determinism(modality, shape):
 
 def test_cxr_is_never_flipped_horizontally():
     transform = build_augmentation("cxr")
-    assert not any("Flip" in type(t).__name__ or "Transpose" in type(t).__name__ for t in transform.transforms)
+    assert not any(
+        "Flip" in type(t).__name__ or "Transpose" in type(t).__name__ for t in transform.transforms
+    )
     # Behaviourally: a bright block centred at x=104 stays right of the midline (a flip puts it at 23).
     image = np.zeros((128, 128, 1), np.uint8)
     image[40:90, 90:120] = 255

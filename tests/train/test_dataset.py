@@ -42,8 +42,12 @@ def test_cache_is_used_after_the_first_epoch(fundus_dir, tmp_path, monkeypatch):
     for a, b in zip(first, (again[i][0] for i in range(2)), strict=True):
         assert torch.equal(a, b)
     # A different recipe must not reuse the entries.
-    other = ScreeningDataset(samples, PreprocessConfig.default("fundus", 48), working_size=96,
-                             cache_dir=tmp_path / "cache")
+    other = ScreeningDataset(
+        samples,
+        PreprocessConfig.default("fundus", 48),
+        working_size=96,
+        cache_dir=tmp_path / "cache",
+    )
     try:
         other[0]
     except AssertionError:

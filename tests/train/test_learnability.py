@@ -34,14 +34,19 @@ def _fit(config, data, tmp_path):
     index = {label: i for i, label in enumerate(result.card.labels)}
     y = np.array([s.label for s in trainer.splits["test"]])
     pred = np.array([index[f.label] for f in found])
-    print(f"{config.name}: trained in {time.perf_counter() - start:.0f}s on {len(trainer.splits['train'])} images")
+    print(
+        f"{config.name}: trained in {time.perf_counter() - start:.0f}s on {len(trainer.splits['train'])} images"
+    )
     return y, pred
 
 
 def test_multitask_tiny_learns_dr_grades(tmp_path):
     data = load_generic_csv(synthesize("fundus", 320, tmp_path / "fundus", seed=11, size=192), "dr")
     base = load_config("multitask-tiny")
-    stages = (dataclasses.replace(base.stages[0], epochs=2), dataclasses.replace(base.stages[-1], epochs=1))
+    stages = (
+        dataclasses.replace(base.stages[0], epochs=2),
+        dataclasses.replace(base.stages[-1], epochs=1),
+    )
     cfg = dataclasses.replace(base, input_size=128, working_size=144, stages=stages)
     y, pred = _fit(cfg, data, tmp_path)
     qwk = quadratic_weighted_kappa(y, pred, 5)

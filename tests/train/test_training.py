@@ -23,11 +23,28 @@ def synth_fundus(tmp_path_factory):
 
 def _cfg(**over) -> TrainConfig:
     base = dict(
-        name="m2cnn-resume", family="m2cnn", task="dr_grading", model={"tiny": True}, input_size=48,
-        working_size=64, seed=7, threads=1,
-        stages=(StageConfig(name="cell-1", epochs=2, loss="m2cnn", input_size=32, lr=0.003, batch_size=8),
-                StageConfig(name="cell-2", epochs=2, loss="m2cnn", input_size=48, before="grow", lr=0.002,
-                            batch_size=8)),
+        name="m2cnn-resume",
+        family="m2cnn",
+        task="dr_grading",
+        model={"tiny": True},
+        input_size=48,
+        working_size=64,
+        seed=7,
+        threads=1,
+        stages=(
+            StageConfig(
+                name="cell-1", epochs=2, loss="m2cnn", input_size=32, lr=0.003, batch_size=8
+            ),
+            StageConfig(
+                name="cell-2",
+                epochs=2,
+                loss="m2cnn",
+                input_size=48,
+                before="grow",
+                lr=0.002,
+                batch_size=8,
+            ),
+        ),
     )
     return TrainConfig(**{**base, **over})
 
@@ -37,7 +54,11 @@ def test_resume_equals_an_uninterrupted_run(synth_fundus, tmp_path):
     cache = tmp_path / "cache"
     whole = Trainer(cfg, synth_fundus, tmp_path / "whole", cache_dir=cache, progress=False).run()
 
-    for stop_after in (1, 2, 3):  # inside stage 1, at the stage boundary, inside stage 2 (after grow)
+    for stop_after in (
+        1,
+        2,
+        3,
+    ):  # inside stage 1, at the stage boundary, inside stage 2 (after grow)
         out = tmp_path / f"cut{stop_after}"
         seen = []
 
@@ -47,7 +68,9 @@ def test_resume_equals_an_uninterrupted_run(synth_fundus, tmp_path):
                 raise StopTraining
 
         with pytest.raises(StopTraining):
-            Trainer(cfg, synth_fundus, out, cache_dir=cache, progress=False, on_epoch_end=crash).run()
+            Trainer(
+                cfg, synth_fundus, out, cache_dir=cache, progress=False, on_epoch_end=crash
+            ).run()
         resumed = Trainer(cfg, synth_fundus, out, cache_dir=cache, progress=False).run(resume=True)
 
         a = torch.load(whole.checkpoint, weights_only=False)["model"]
@@ -60,11 +83,18 @@ def test_resume_equals_an_uninterrupted_run(synth_fundus, tmp_path):
 
 
 def test_checkpoint_card_and_thresholds(synth_fundus, tmp_path):
-    result = Trainer(_cfg(stages=_cfg().stages[:1]), synth_fundus, tmp_path / "run", cache_dir=tmp_path / "c",
-                     progress=False).run()
+    result = Trainer(
+        _cfg(stages=_cfg().stages[:1]),
+        synth_fundus,
+        tmp_path / "run",
+        cache_dir=tmp_path / "c",
+        progress=False,
+    ).run()
     card = json.loads((tmp_path / "run" / "card.json").read_text())
     assert card["task"] == "dr_grading" and card["family"] == "m2cnn"
-    assert len(card["decision"]["cutpoints"]) == 4  # fitted on validation for the grade_value output
+    assert (
+        len(card["decision"]["cutpoints"]) == 4
+    )  # fitted on validation for the grade_value output
     assert card["decision"]["referable_threshold"] is not None
     assert set(card["data_manifest"]["splits"]) == {"train", "val", "test"}
     assert "qwk" in card["metrics"]["validation"]
@@ -75,10 +105,21 @@ def test_checkpoint_card_and_thresholds(synth_fundus, tmp_path):
 
 
 def test_a_checkpoint_from_another_config_is_refused(synth_fundus, tmp_path):
-    Trainer(_cfg(stages=_cfg().stages[:1]), synth_fundus, tmp_path, cache_dir=tmp_path / "c", progress=False).run()
+    Trainer(
+        _cfg(stages=_cfg().stages[:1]),
+        synth_fundus,
+        tmp_path,
+        cache_dir=tmp_path / "c",
+        progress=False,
+    ).run()
     with pytest.raises(ValueError, match="different config"):
-        Trainer(_cfg(seed=8, stages=_cfg().stages[:1]), synth_fundus, tmp_path, cache_dir=tmp_path / "c",
-                progress=False).run(resume=True)
+        Trainer(
+            _cfg(seed=8, stages=_cfg().stages[:1]),
+            synth_fundus,
+            tmp_path,
+            cache_dir=tmp_path / "c",
+            progress=False,
+        ).run(resume=True)
 
 
 def test_shipped_configs_load():
@@ -94,8 +135,10 @@ def test_bad_config_names_the_field(tmp_path):
     from edgescreen.runtime.errors import CardError
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nfamily: ran\ntask: oct_classification\nmodel: {}\ninput_size: 64\n"
-                   "stages: [{name: s, epochs: two, loss: ce}]\n")
+    bad.write_text(
+        "name: x\nfamily: ran\ntask: oct_classification\nmodel: {}\ninput_size: 64\n"
+        "stages: [{name: s, epochs: two, loss: ce}]\n"
+    )
     with pytest.raises(CardError, match=r"bad\.yaml.*stages\[0\]\.epochs"):
         load_config(bad)
 
@@ -103,11 +146,30 @@ def test_bad_config_names_the_field(tmp_path):
 def test_train_cli_runs(tmp_path):
     data = synthesize("oct", 24, tmp_path / "oct", seed=1, size=64)
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("name: oct-cli\nfamily: ran\ntask: oct_classification\nmodel: {tiny: true, in_chans: 1}\n"
-                   "channels: 1\ninput_size: 32\nthreads: 1\nstages: [{name: main, epochs: 1, loss: ce, batch_size: 8}]\n")
-    out = subprocess.run([sys.executable, "-m", "edgescreen.runtime.cli", "train", "--config", str(cfg), "--data",
-                          f"csv-oct:{data}", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c"),
-                          "--json"], capture_output=True, text=True, timeout=600)
+    cfg.write_text(
+        "name: oct-cli\nfamily: ran\ntask: oct_classification\nmodel: {tiny: true, in_chans: 1}\n"
+        "channels: 1\ninput_size: 32\nthreads: 1\nstages: [{name: main, epochs: 1, loss: ce, batch_size: 8}]\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgescreen.runtime.cli",
+            "train",
+            "--config",
+            str(cfg),
+            "--data",
+            f"csv-oct:{data}",
+            "--out",
+            str(tmp_path / "run"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
     assert summary["metric"] == "accuracy" and (tmp_path / "run" / "model.pt").exists()

@@ -59,15 +59,26 @@ class PreparedCache:
 class ScreeningDataset(Dataset):
     """(tensor, target) pairs: target is a class index, or a float 0/1 vector for multi-label."""
 
-    def __init__(self, samples: Sequence[Sample], cfg: PreprocessConfig, *, train: bool = False,
-                 working_size: int | None = None, cache_dir: str | Path | None = None,
-                 augmentation=None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        cfg: PreprocessConfig,
+        *,
+        train: bool = False,
+        working_size: int | None = None,
+        cache_dir: str | Path | None = None,
+        augmentation=None,
+        seed: int = 0,
+    ) -> None:
         self.samples = list(samples)
         self.cfg = cfg
         self.working_size = int(working_size or cfg.size)
         self.train = train
-        self.augmentation = augmentation if augmentation is not None else (
-            build_augmentation(cfg.modality) if train else None)
+        self.augmentation = (
+            augmentation
+            if augmentation is not None
+            else (build_augmentation(cfg.modality) if train else None)
+        )
         self.seed = seed
         self.epoch = 0
         self.cache = PreparedCache(cache_dir, cfg, self.working_size) if cache_dir else None
@@ -98,10 +109,16 @@ class ScreeningDataset(Dataset):
         image = self.prepared(index)
         if self.augmentation is not None:
             # Distinct, reproducible stream per (seed, epoch, index).
-            image = augment(self.augmentation, image, seed=hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+            image = augment(
+                self.augmentation, image, seed=hash((self.seed, self.epoch, index)) & 0x7FFFFFFF
+            )
         x = torch.from_numpy(to_tensor(image, self.cfg))
         label = self.samples[index].label
-        y = torch.tensor(label, dtype=torch.float32) if isinstance(label, tuple) else torch.tensor(label)
+        y = (
+            torch.tensor(label, dtype=torch.float32)
+            if isinstance(label, tuple)
+            else torch.tensor(label)
+        )
         return x, y
 
     def targets(self) -> np.ndarray:

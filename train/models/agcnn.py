@@ -50,9 +50,13 @@ def peak_region_boxes(heat: torch.Tensor, tau: float, image_size: tuple[int, int
     cells = torch.arange(h * w, device=heat.device)
 
     def one_hot_peak(m: torch.Tensor) -> torch.Tensor:
-        return (cells[None] == m.flatten(1).argmax(dim=1, keepdim=True)).to(heat.dtype).view_as(heat)
+        return (
+            (cells[None] == m.flatten(1).argmax(dim=1, keepdim=True)).to(heat.dtype).view_as(heat)
+        )
 
-    smooth_seed = one_hot_peak(F.avg_pool2d(heat, 3, stride=1, padding=1, count_include_pad=False)) * mask
+    smooth_seed = (
+        one_hot_peak(F.avg_pool2d(heat, 3, stride=1, padding=1, count_include_pad=False)) * mask
+    )
     raw_seed = one_hot_peak(heat) * mask
     use_smooth = smooth_seed.flatten(1).amax(dim=1).view(-1, 1, 1, 1) > 0
     region = torch.where(use_smooth, smooth_seed, raw_seed)
@@ -71,8 +75,15 @@ def peak_region_boxes(heat: torch.Tensor, tau: float, image_size: tuple[int, int
     x1 = torch.where(cols, xs, -big).amax(dim=1) + 1
     empty = ~rows.any(dim=1)
     zero = torch.zeros_like(y0)
-    return torch.stack([torch.where(empty, zero, x0), torch.where(empty, zero, y0),
-                        torch.where(empty, zero + W, x1), torch.where(empty, zero + H, y1)], dim=1)
+    return torch.stack(
+        [
+            torch.where(empty, zero, x0),
+            torch.where(empty, zero, y0),
+            torch.where(empty, zero + W, x1),
+            torch.where(empty, zero + H, y1),
+        ],
+        dim=1,
+    )
 
 
 @torch.no_grad()
