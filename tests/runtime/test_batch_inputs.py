@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import fundus_like as fundus
 
 from edgescreen.runtime.batch import BatchOptions, run_batch
 from edgescreen.runtime.batch import pipeline as batch_pipeline
@@ -20,18 +21,6 @@ from edgescreen.runtime.batch.sniff import sniff
 from edgescreen.runtime.errors import ImageError
 
 MAX_PIXELS = 1_500_000
-
-
-def fundus(seed: int, side: int = 288) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.zeros((side, side, 3), np.uint8)
-    c, r = side // 2, int(side * 0.45)
-    cv2.circle(img, (c, c), r, (np.array([30, 70, 170]) + rng.integers(-20, 20, 3)).tolist(), -1)
-    img = np.clip(img + rng.normal(0, 18, img.shape) * (img > 0), 0, 255).astype(np.uint8)
-    for _ in range(6):
-        p = rng.integers(c - r // 2, c + r // 2, 4).tolist()
-        cv2.line(img, (p[0], p[1]), (p[2], p[3]), (20, 30, 110), 2)
-    return img
 
 
 @pytest.fixture(scope="module")
