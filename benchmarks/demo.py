@@ -19,7 +19,16 @@ NOT_CLINICAL = (
     "DEMO MODEL, NOT FOR CLINICAL USE: trained in minutes on synthetic images and a few hundred "
     "public photos; its grades are an engineering demonstration only."
 )
-SHARED_FUNDUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fundus-dr-srahim"
+def _shared_fundus() -> Path:
+    """The real photos beside the checkout: from the working directory, else this source tree."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = (root / ".." / "shared" / "data" / "fundus-dr-srahim").resolve()
+        if (candidate / "labels.csv").exists():
+            return candidate
+    return (Path.cwd() / ".." / "shared" / "data" / "fundus-dr-srahim").resolve()
+
+
+SHARED_FUNDUS = _shared_fundus()
 
 
 def _say(text: str) -> None:
