@@ -152,9 +152,6 @@ def export_bundle(
     from edgescreen.train.checkpoint import load_trained
 
     from .graph_crop import export_view
-    from .onnx_export import OPSET, convert_fp16, export_onnx
-    from .quantize import quantize
-    from .torchscript import export_torchscript, load_torchscript
 
     checkpoint, out = Path(checkpoint), Path(out)
     precisions = tuple(dict.fromkeys(("fp32", *precisions)))
@@ -200,23 +197,17 @@ def export_bundle(
                 view,
                 names,
                 precisions,
-                evaluation,
-                calib_set,
-                calib_method,
-                calib_size,
-                allow_drift,
-                allow_synthetic_calibration,
-                steps,
-                timings,
-                checkpoint,
-                golden_count,
-                threads,
-                export_onnx=export_onnx,
-                export_torchscript=export_torchscript,
-                load_torchscript=load_torchscript,
-                convert_fp16=convert_fp16,
-                quantize=quantize,
-                opset=OPSET,
+                evaluation=evaluation,
+                calib_set=calib_set,
+                calib_method=calib_method,
+                calib_size=calib_size,
+                allow_drift=allow_drift,
+                allow_synth=allow_synthetic_calibration,
+                steps=steps,
+                timings=timings,
+                checkpoint=checkpoint,
+                golden_count=golden_count,
+                threads=threads,
             )
         _swap_into_place(tmp, out)
     except BaseException:
@@ -234,6 +225,7 @@ def _build(
     view,
     names,
     precisions,
+    *,
     evaluation,
     calib_set,
     calib_method,
@@ -245,17 +237,15 @@ def _build(
     checkpoint,
     golden_count,
     threads,
-    *,
-    export_onnx,
-    export_torchscript,
-    load_torchscript,
-    convert_fp16,
-    quantize,
-    opset,
 ) -> ExportReport:
     import onnx
     import onnxruntime
     import torch
+
+    from .onnx_export import OPSET as opset
+    from .onnx_export import convert_fp16, export_onnx
+    from .quantize import quantize
+    from .torchscript import export_torchscript, load_torchscript
 
     t = time.perf_counter()
     export_onnx(view, card, tmp / FILES["onnx-fp32"], opset=opset)
