@@ -1,19 +1,29 @@
 """Torch-TensorRT path: compile a trained model with TensorRT from PyTorch (ir="dynamo").
 
 An alternative to ONNX -> engine for hosts with torch (not the Jetson runtime, which
-stays torch-free). FP16 by builder precision; INT8 by explicit quantization: NVIDIA
-ModelOpt (`mtq.quantize` with INT8_DEFAULT_CFG: per-channel weights, per-tensor
-activations) inserts and calibrates Q/DQ nodes on the card's calibration images, and
-Torch-TensorRT turns them into TensorRT Q/DQ layers, the same scheme as model.int8.onnx.
-The legacy torch_tensorrt.ptq DataLoaderCalibrator belonged to the TorchScript frontend
-and is not used. The result is saved with torch_tensorrt.save (an ExportedProgram) and
-checked against the bundle's golden FP32 outputs with the same comparison as the device
-self-test. Everything heavy is imported inside the functions.
+stays torch-free). INT8 is explicit quantization: NVIDIA ModelOpt (`mtq.quantize` with
+INT8_DEFAULT_CFG: per-channel weights, per-tensor activations) inserts and calibrates Q/DQ
+nodes on the card's calibration images, and Torch-TensorRT turns them into TensorRT Q/DQ
+layers, the same scheme as model.int8.onnx. The legacy torch_tensorrt.ptq calibrators
+belonged to the TorchScript frontend and are not used.
+
+How FP16 is asked for depends on the torch-tensorrt release (read from the 2.9-2.14
+sources, see docs/tensorrt-api.md): up to 2.10 `enabled_precisions`; in 2.11/2.12
+`use_explicit_typing` defaults to True and refuses reduced `enabled_precisions`, so it is
+turned off; from 2.13 (TensorRT 11, strongly typed) `enabled_precisions` no longer reaches
+the dynamo compiler at all and FP16 comes from `enable_autocast`. `compile_options` picks
+by the compiler's own signature, so a silent FP32 engine labelled FP16 cannot happen.
+
+The result is saved with torch_tensorrt.save (an ExportedProgram) and checked against the
+bundle's golden FP32 outputs with the same comparison as the device self-test.
+Everything heavy is imported inside the functions.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,11 +55,46 @@ def _imports(int8: bool = False) -> tuple[Any, Any, Any]:
     return torch, torch_tensorrt, mtq
 
 
-def _accepts(fn: Any, name: str) -> bool:
+def _parameters(fn: Any) -> frozenset[str]:
     try:
-        return name in inspect.signature(fn).parameters
+        return frozenset(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    return name in _parameters(fn)
+
+
+def compile_options(precision: str, compiler_params: frozenset[str], torch: Any) -> dict[str, Any]:
+    """The precision options for this torch-tensorrt, from `torch_tensorrt.dynamo.compile`'s parameters.
+
+    `torch` is the module (or anything with float32/float16/int8 attributes), so the choice
+    is tested on a CPU with the parameter sets of real releases.
+    """
+    if precision not in ("fp32", "fp16", "int8"):
+        raise EdgescreenError(f"unknown precision {precision!r}; use fp32, fp16 or int8")
+    if "enabled_precisions" not in compiler_params:
+        # 2.13+: strongly typed. Q/DQ nodes carry INT8; FP16 needs autocast, or we'd get FP32.
+        if precision != "fp16":
+            return {}
+        if "enable_autocast" not in compiler_params:
+            raise BackendUnavailable(
+                "this torch-tensorrt accepts neither enabled_precisions nor enable_autocast; "
+                "cannot ask it for FP16"
+            )
+        return {"enable_autocast": True, "autocast_low_precision_type": torch.float16}
+    options: dict[str, Any] = {
+        "enabled_precisions": {
+            "fp32": {torch.float32},
+            "fp16": {torch.float16, torch.float32},
+            # FP16 too, for the layers ModelOpt leaves unquantized (as the ONNX INT8 engine).
+            "int8": {torch.int8, torch.float16, torch.float32},
+        }[precision]
+    }
+    if "use_explicit_typing" in compiler_params:
+        options["use_explicit_typing"] = False  # 2.11/2.12 default True refuses the set above
+    return options
 
 
 def compile_torch_trt(
@@ -97,16 +142,11 @@ def compile_torch_trt(
         max_shape=(hi, c, h, w),
         dtype=torch.float32,
     )
-    precisions = {
-        "fp32": {torch.float32},
-        "fp16": {torch.float16, torch.float32},
-        "int8": {torch.int8, torch.float16, torch.float32},
-    }[precision]
     options: dict[str, Any] = {
         "ir": "dynamo",
-        "enabled_precisions": precisions,
         "min_block_size": 1,
         "workspace_size": workspace_mb << 20,
+        **compile_options(precision, _parameters(torch_tensorrt.dynamo.compile), torch),
     }
     options["arg_inputs" if _accepts(torch_tensorrt.compile, "arg_inputs") else "inputs"] = [spec]
     if precision == "int8":
@@ -128,8 +168,10 @@ def compile_torch_trt(
 
 def load_torch_trt(path: str | Path) -> Any:
     """The saved program as a callable module (needs torch_tensorrt imported for its runtime ops)."""
-    torch, _torch_tensorrt, _ = _imports()
-    return torch.export.load(str(path)).module()
+    _torch, torch_tensorrt, _ = _imports()
+    # torch_tensorrt.load (not torch.export.load): it registers the TensorRT engine op first
+    # where torch-tensorrt runs without its C++ runtime.
+    return torch_tensorrt.load(str(path)).module()
 
 
 def run_torch_trt(
@@ -186,3 +228,76 @@ def verify_torch_trt(module_or_path: Any, bundle: str | Path, precision: str) ->
         flips=flips,
         tolerances=tol,
     )
+
+
+def compile_checkpoint(
+    checkpoint: str | Path,
+    bundle: str | Path,
+    precision: str = "fp16",
+    *,
+    out: str | Path | None = None,
+    workspace_mb: int = 1024,
+    calibration_batch: int = 8,
+) -> tuple[Path, SelfTestReport]:
+    """A trained checkpoint -> saved Torch-TensorRT program, judged against the bundle's golden set.
+
+    The module compiled is the one the bundle's ONNX was traced from (export_view, SAME
+    padding frozen at the card's size), so its outputs come in the card's order. INT8
+    calibrates on the card's calibration manifest, preprocessed by the runtime.
+    """
+    from edgescreen.train.checkpoint import load_trained
+
+    from .graph_crop import export_view
+    from .trt import calibration_batch_size, calibration_batches, calibration_images
+
+    _imports(int8=precision == "int8")  # fail on a missing package before loading anything
+    bundle = Path(bundle)
+    card = load_card(bundle)
+    trained = load_trained(checkpoint)
+    if list(trained.card.labels) != list(card.labels) or tuple(trained.card.input.shape) != tuple(
+        card.input.shape
+    ):
+        raise EdgescreenError(
+            f"{checkpoint}: this checkpoint's labels/input ({trained.card.labels}, "
+            f"{trained.card.input.shape}) differ from the bundle's ({card.labels}, {card.input.shape})"
+        )
+    module = export_view(trained.model, tuple(card.input.shape)).eval()
+    calibration = None
+    if precision == "int8":
+        paths = calibration_images(bundle, card)
+        size = calibration_batch_size(len(paths), calibration_batch)
+        calibration = calibration_batches(paths, card, size)
+    saved = compile_torch_trt(
+        module, bundle, precision, calibration=calibration, out=out, workspace_mb=workspace_mb
+    )
+    return saved, verify_torch_trt(saved, bundle, precision)
+
+
+def cmd_torch_trt(args: argparse.Namespace) -> int:
+    saved, report = compile_checkpoint(
+        args.checkpoint, args.bundle, args.precision, out=args.out, workspace_mb=args.workspace
+    )
+    if args.json:
+        print(json.dumps({"saved": str(saved), **report.to_dict()}, indent=2))
+    else:
+        print(saved)
+        print(report.summary())
+    return 0 if report.ready else 1
+
+
+def add_torch_trt_action(esub: Any) -> argparse.ArgumentParser:
+    """`edgescreen engine torch-trt BUNDLE --checkpoint CKPT [--precision fp16|int8]`."""
+    p = esub.add_parser(
+        "torch-trt",
+        help="compile a checkpoint with Torch-TensorRT (GPU host with torch) and self-test it",
+        description="compile a trained checkpoint with Torch-TensorRT (dynamo), save it in "
+        "BUNDLE/engines and judge it against the bundle's golden outputs; exit 1 if not ready",
+    )
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt (or its folder)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    p.add_argument("--out", type=Path, default=None, help="default BUNDLE/engines/torch_trt-P.ep")
+    p.add_argument("--workspace", type=int, default=1024, metavar="MB")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_torch_trt)
+    return p

@@ -564,4 +564,7 @@ def add_engine_command(sub: Any) -> argparse.ArgumentParser:
     b.add_argument("--no-timing-cache", action="store_true")
     b.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     b.set_defaults(func=cmd_engine_build)
+    from .torch_trt import add_torch_trt_action
+
+    add_torch_trt_action(esub)
     return parser

@@ -99,3 +99,24 @@ def spread_cutpoints(ckpt: Path, data_spec: str) -> None:
     )
     state["card"] = card.to_dict()
     torch.save(state, ckpt)
+
+
+def export_tiny_bundle(root: Path, family: str = "multitask") -> tuple[Path, Path]:
+    """(checkpoint, bundle): a random-init tiny model exported with every precision, golden set
+    included. For the GPU tests, which need a real Q/DQ model.int8.onnx to build from."""
+    from edgescreen.export.bundle import export_bundle
+
+    task = FAMILIES[family][0]
+    ckpt = make_checkpoint(root / "run", family)
+    export_bundle(
+        ckpt,
+        root / "bundle",
+        calib=synth_set(root / "calib", task, 16, seed=11),
+        eval=synth_set(root / "eval", task, 12, seed=12),
+        calib_size=8,
+        calib_method="minmax",
+        allow_drift=True,
+        allow_synthetic_calibration=True,
+        progress=False,
+    )
+    return ckpt, root / "bundle"
