@@ -19,6 +19,8 @@ NOT_CLINICAL = (
     "DEMO MODEL, NOT FOR CLINICAL USE: trained in minutes on synthetic images and a few hundred "
     "public photos; its grades are an engineering demonstration only."
 )
+
+
 def _shared_fundus() -> Path:
     """The real photos beside the checkout: from the working directory, else this source tree."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
