@@ -390,7 +390,9 @@ def build_engine(
     builder = trt.Builder(logger)
     has_fast_int8 = None
     if precision == "int8" and trt_major(device.trt_version) < 11:
-        with warnings.catch_warnings():  # deprecated since 10.5, still the builder's own answer
+        # C++ IBuilder::platformHasFastInt8 is deprecated since 10.5 (gone in 11); it is still
+        # the builder's own answer on 10.x.
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             has_fast_int8 = getattr(builder, "platform_has_fast_int8", None)
     plan = plan_build(
