@@ -77,3 +77,21 @@ def test_family_exports_and_screens_like_pytorch(family, tmp_path, tmp_path_fact
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops, key
         out = run_onnx(bundle / card.artifacts[key].file, x[:3], card.input.name)
         assert all(np.isfinite(v).all() for v in out.values())
+
+    # The TensorRT form keeps its input convs in float (symmetric S8 fits the image badly);
+    # the CPU form quantizes the main stem (asymmetric U8).
+    from edgescreen.export.quantize import input_convs
+
+    stems = input_convs(onnx.load(str(bundle / card.artifacts["onnx-fp32"].file)))
+    assert stems, family
+    fed_by_dq = {}
+    for key in ("onnx-int8", "onnx-int8-cpu"):
+        model = onnx.load(str(bundle / card.artifacts[key].file))
+        made_by = {out: n.op_type for n in model.graph.node for out in n.output}
+        fed_by_dq[key] = [
+            made_by.get(n.input[0]) == "DequantizeLinear"
+            for n in model.graph.node
+            if n.name in stems
+        ]
+    assert len(fed_by_dq["onnx-int8"]) == len(stems) and not any(fed_by_dq["onnx-int8"])
+    assert fed_by_dq["onnx-int8-cpu"][0], family
