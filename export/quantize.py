@@ -35,6 +35,28 @@ TRT_OPS = [
 ]
 
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _downstream(
+    model: onnx.ModelProto, tensors: list[str], stop_ops: tuple[str, ...] = ()
+) -> list[onnx.NodeProto]:
+    """Nodes reached from `tensors` in graph order of discovery; `stop_ops` nodes end a path."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    seen: dict[str, onnx.NodeProto] = {}
+    todo = list(tensors)
+    while todo:
+        for node in consumers.get(todo.pop(), []):
+            if node.name not in seen:
+                seen[node.name] = node
+                if node.op_type not in stop_ops:
+                    todo.extend(node.output)
+    return list(seen.values())
+
+
 def head_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes after global pooling: the heads (classifier, regression, ordinal, combiner).
 
@@ -42,10 +64,6 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     logits to calibrated ranges (measured on the demo DR model: CPU-form INT8 ΔQWK -0.26
     with the heads quantized, -0.02 with them in float). They stay in float.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
     pooled = [
         n
         for n in model.graph.node
@@ -55,14 +73,7 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
             and not any(a.name == "keepdims" and a.i for a in n.attribute)
         )
     ]
-    seen: dict[str, None] = {}
-    todo = [out for n in pooled for out in n.output]
-    while todo:
-        for node in consumers.get(todo.pop(), []):
-            if node.name not in seen:
-                seen[node.name] = None
-                todo.extend(node.output)
-    return list(seen)
+    return [n.name for n in _downstream(model, [out for n in pooled for out in n.output])]
 
 
 def input_convs(model: onnx.ModelProto) -> list[str]:
@@ -74,24 +85,11 @@ def input_convs(model: onnx.ModelProto) -> list[str]:
     the demo DR model: TensorRT-form INT8 QWK went from 0.258 to 0.534 (FP32 0.589). The
     CPU form's asymmetric U8 input needs no such help: there it measured 0.570 without, 0.525 with.
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
     initializers = {i.name for i in model.graph.initializer}
-    found: dict[str, None] = {}
-    seen: set[str] = set()
-    todo = [i.name for i in model.graph.input if i.name not in initializers]
-    while todo:
-        for node in consumers.get(todo.pop(), []):
-            if node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-                found[node.name] = None  # stop here: what follows sees features, not pixels
-            else:
-                todo.extend(node.output)
-    return list(found)
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    # A path stops at its first weighted op: what follows sees features, not pixels.
+    reached = _downstream(model, inputs, stop_ops=WEIGHTED_OPS)
+    return [n.name for n in reached if n.op_type in WEIGHTED_OPS]
 
 
 def model_for_quantization(fp32_onnx: str | Path, dst: str | Path) -> str:

@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import re
@@ -826,30 +827,23 @@ def check_completeness(rows: list[Row], usages: list[Usage]) -> tuple[list[Usage
 def run(args: argparse.Namespace) -> tuple[int, dict]:
     report: dict = {"table": str(args.table), "tensorrt": {}, "pycuda": {}, "problems": 0}
     rows = parse_table(Path(args.table).read_text())
+    fetch = functools.partial(
+        obtain,
+        wheels=args.wheels,
+        cache=args.cache_dir,
+        download=not args.no_download,
+        timeout=args.timeout,
+    )
     try:
         for version in args.versions:
-            wheel = obtain(
-                "tensorrt",
-                version,
-                wheels=args.wheels,
-                cache=args.cache_dir,
-                download=not args.no_download,
-                timeout=args.timeout,
-            )
+            wheel = fetch("tensorrt", version)
             results = check_trt_version(rows, Bindings.from_wheel(wheel), version)
             report["tensorrt"][version] = {
                 "wheel": wheel.name,
                 "results": [asdict(r) for r in results],
             }
         for version in args.pycuda:
-            sdist = obtain(
-                "pycuda",
-                version,
-                wheels=args.wheels,
-                cache=args.cache_dir,
-                download=not args.no_download,
-                timeout=args.timeout,
-            )
+            sdist = fetch("pycuda", version)
             results = check_pycuda_version(rows, pycuda_names(sdist), version)
             report["pycuda"][version] = {
                 "sdist": sdist.name,

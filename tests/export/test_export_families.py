@@ -8,6 +8,7 @@ import pytest
 from export_helpers import FAMILIES, export_cache, make_checkpoint, synth_set  # noqa: F401 (fixture)
 
 from edgescreen.export import export_bundle
+from edgescreen.export.quantize import input_convs
 from edgescreen.export.verify import run_onnx
 from edgescreen.runtime.card import load_card
 from edgescreen.runtime.screen import Screener
@@ -80,8 +81,6 @@ def test_family_exports_and_screens_like_pytorch(family, tmp_path, tmp_path_fact
 
     # The TensorRT form keeps its input convs in float (symmetric S8 fits the image badly);
     # the CPU form quantizes the main stem (asymmetric U8).
-    from edgescreen.export.quantize import input_convs
-
     stems = input_convs(onnx.load(str(bundle / card.artifacts["onnx-fp32"].file)))
     assert stems, family
     fed_by_dq = {}
