@@ -77,39 +77,62 @@ def run_demo(
     bench_seconds: float = 2.0,
     results_dir: Path | None = None,
 ) -> dict[str, Any]:
-    from edgescreen.export import export_bundle
-    from edgescreen.runtime.batch.ledger import Ledger
-    from edgescreen.runtime.batch.pipeline import BatchOptions, run_batch
-    from edgescreen.runtime.batch.report import write_html
-    from edgescreen.runtime.card import load_card
-    from edgescreen.runtime.metrics import quadratic_weighted_kappa
-    from edgescreen.train.config import load_config
-    from edgescreen.train.loop import train
-
-    from .cli import run_bench
-    from .report import markdown
-
     began = time.perf_counter()
+    real_dir = start_demo(work, real_dir)
+    train_set, calib, held_out = data_step(work, real_dir=real_dir, n_synth=n_synth, seed=seed)
+    trained = train_step(work, train_set, config)
+    bundle = export_step(work, trained.checkpoint, calib=calib, held_out=held_out)
+    screening = screen_step(work, bundle, held_out)
+    bench = bench_step(
+        bundle,
+        held_out,
+        checkpoint=trained.checkpoint,
+        real_dir=real_dir,
+        results_dir=results_dir,
+        bench_seconds=bench_seconds,
+    )
+    return finish_demo(
+        work, began, bundle=bundle, trained=trained, screening=screening, bench=bench
+    )
+
+
+def start_demo(work: Path, real_dir: Path | None) -> Path | None:
+    """Make the work folder, say what this is; the real photos' folder, when it is there."""
     work.mkdir(parents=True, exist_ok=True)
     real_dir = (
         real_dir.resolve() if real_dir is not None and (real_dir / "labels.csv").exists() else None
     )
     _say(f"[bold red]{NOT_CLINICAL}[/bold red]")
     _say(f"work folder: {work}; real photos: {real_dir or 'not found (synthetic only)'}")
+    return real_dir
 
+
+def data_step(work: Path, *, real_dir: Path | None, n_synth: int, seed: int):
     _say("[bold]1/5 data[/bold]: synthetic fundus photos + real training patients")
     train_set, calib, held_out = prepare_data(work, real_dir=real_dir, n_synth=n_synth, seed=seed)
     _say(train_set.summary())
+    return train_set, calib, held_out
+
+
+def train_step(work: Path, train_set, config: str):
+    from edgescreen.train.config import load_config
+    from edgescreen.train.loop import train
 
     _say(f"[bold]2/5 train[/bold] {config} on the CPU")
-    cfg = load_config(config)
-    result = train(cfg, train_set, work / "run", resume=True, cache_dir=work / "cache")
+    result = train(
+        load_config(config), train_set, work / "run", resume=True, cache_dir=work / "cache"
+    )
     _say(f"validation {result.metric_name} {result.val_metric:.3f} ({result.seconds:.0f}s)")
+    return result
+
+
+def export_step(work: Path, checkpoint: Path, *, calib, held_out) -> Path:
+    from edgescreen.export import export_bundle
 
     _say("[bold]3/5 export[/bold] FP32 / FP16 / INT8, calibrated on real training-patient photos")
     bundle = work / "bundle"
     report = export_bundle(
-        result.checkpoint,
+        checkpoint,
         bundle,
         precisions=("fp32", "fp16", "int8"),
         calib=calib or None,
@@ -119,52 +142,99 @@ def run_demo(
         progress=True,
     )
     _say(report.table() if hasattr(report, "table") else str(report))
+    return bundle
 
-    screening: dict[str, Any] = {}
-    if held_out:
-        _say(f"[bold]4/5 screen[/bold] {len(held_out)} held-out real photos as a hub batch (INT8)")
-        uploads = work / "uploads"
-        shutil.rmtree(uploads, ignore_errors=True)
-        uploads.mkdir()
-        truth = {}
-        for s in held_out:  # outside the repository: the hub's upload folder
-            shutil.copy2(s.path, uploads / s.path.name)
-            truth[s.path.name] = s.label
-        db = work / "screening.sqlite"
-        db.unlink(missing_ok=True)
-        stats = run_batch(BatchOptions(in_dir=uploads, bundle=bundle, db=db, precision="int8"))
-        ledger = Ledger(db)
-        try:
-            write_html(ledger, uploads, work / "report.html", card=load_card(bundle))
-            items = list(ledger.items())
-        finally:
-            ledger.close()
-        decisions: dict[str, int] = {}
-        for item in items:
-            decisions[item.decision or item.state] = (
-                decisions.get(item.decision or item.state, 0) + 1
-            )
-        screening = {
-            "images": len(held_out),
-            "finished": stats.finished,
-            "decisions": decisions,
-            "report": str(work / "report.html"),
-        }
-        graded = [
-            (truth[Path(i.path).name], i.result["grade"])
-            for i in items
-            if i.result and i.result.get("grade") is not None and Path(i.path).name in truth
-        ]
-        if graded:
-            y, p = zip(*graded, strict=True)
-            screening["qwk_vs_labels"] = quadratic_weighted_kappa(list(y), list(p), 5)
-        _say(json.dumps(screening, indent=2))
+
+def screen_step(work: Path, bundle: Path, held_out) -> dict[str, Any]:
+    """Screen the held-out photos as a hub batch (INT8): ledger, HTML report, QWK vs labels."""
+    if not held_out:
+        return {}
+    from edgescreen.runtime.batch.pipeline import BatchOptions, run_batch
+
+    _say(f"[bold]4/5 screen[/bold] {len(held_out)} held-out real photos as a hub batch (INT8)")
+    uploads, truth = stage_uploads(work, held_out)
+    db = work / "screening.sqlite"
+    db.unlink(missing_ok=True)
+    stats = run_batch(BatchOptions(in_dir=uploads, bundle=bundle, db=db, precision="int8"))
+    items = ledger_items(db, uploads, work / "report.html", bundle)
+    screening = {
+        "images": len(held_out),
+        "finished": stats.finished,
+        "decisions": count_decisions(items),
+        "report": str(work / "report.html"),
+    }
+    qwk = qwk_vs_labels(items, truth)
+    if qwk is not None:
+        screening["qwk_vs_labels"] = qwk
+    _say(json.dumps(screening, indent=2))
+    return screening
+
+
+def stage_uploads(work: Path, held_out) -> tuple[Path, dict[str, Any]]:
+    """Copy the photos into the hub's upload folder (outside the repository); their labels."""
+    uploads = work / "uploads"
+    shutil.rmtree(uploads, ignore_errors=True)
+    uploads.mkdir()
+    truth = {}
+    for s in held_out:
+        shutil.copy2(s.path, uploads / s.path.name)
+        truth[s.path.name] = s.label
+    return uploads, truth
+
+
+def ledger_items(db: Path, uploads: Path, report: Path, bundle: Path) -> list:
+    """Write the HTML report from the ledger and return its items."""
+    from edgescreen.runtime.batch.ledger import Ledger
+    from edgescreen.runtime.batch.report import write_html
+    from edgescreen.runtime.card import load_card
+
+    ledger = Ledger(db)
+    try:
+        write_html(ledger, uploads, report, card=load_card(bundle))
+        return list(ledger.items())
+    finally:
+        ledger.close()
+
+
+def count_decisions(items) -> dict[str, int]:
+    decisions: dict[str, int] = {}
+    for item in items:
+        decisions[item.decision or item.state] = decisions.get(item.decision or item.state, 0) + 1
+    return decisions
+
+
+def qwk_vs_labels(items, truth: dict[str, Any]) -> float | None:
+    """QWK of the hub's grades against the labels, over the images it graded."""
+    from edgescreen.runtime.metrics import quadratic_weighted_kappa
+
+    graded = [
+        (truth[Path(i.path).name], i.result["grade"])
+        for i in items
+        if i.result and i.result.get("grade") is not None and Path(i.path).name in truth
+    ]
+    if not graded:
+        return None
+    y, p = zip(*graded, strict=True)
+    return quadratic_weighted_kappa(list(y), list(p), 5)
+
+
+def bench_step(
+    bundle: Path,
+    held_out,
+    *,
+    checkpoint: Path,
+    real_dir: Path | None,
+    results_dir: Path | None,
+    bench_seconds: float,
+) -> dict[str, Any]:
+    from .cli import run_bench
+    from .report import markdown
 
     _say("[bold]5/5 bench[/bold]: latency, pipeline and drift, side by side in one run")
     bench = run_bench(
         bundle,
         eval_samples=held_out or None,
-        checkpoint=result.checkpoint,
+        checkpoint=checkpoint,
         out=results_dir,
         min_seconds=bench_seconds,
         min_iters=10,
@@ -173,11 +243,18 @@ def run_demo(
         else None,
     )
     _say(markdown(bench))
+    return bench
+
+
+def finish_demo(
+    work: Path, began: float, *, bundle: Path, trained, screening: dict, bench: dict
+) -> dict[str, Any]:
+    """Write demo-summary.json and say where it is."""
     summary = {
         "seconds": round(time.perf_counter() - began, 1),
         "bundle": str(bundle),
         "screening": screening,
-        "validation": {result.metric_name: result.val_metric},
+        "validation": {trained.metric_name: trained.val_metric},
         "bench": bench.get("written", {}),
         "floors": bench["floors"],
     }

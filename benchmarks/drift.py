@@ -2,7 +2,9 @@
 
 The comparison itself is export's (`edgescreen.export.verify.compare`: paired bootstrap CI
 of the metric difference, decision flips through the runtime's postprocessing); this adds
-the bundle's artifacts as they ship, run by ONNX Runtime, and calibration (ECE).
+the bundle's artifacts as they ship, run by the runtime's own ONNX Runtime backend, and
+calibration (ECE). Images are prepared by the one prepare step, ungated: every labelled
+image is measured.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from edgescreen.runtime import metrics
-from edgescreen.runtime.card import load_card
-from edgescreen.runtime.imageio import load_image
+from edgescreen.runtime.artifacts import form_of
+from edgescreen.runtime.backends import infer_in_batches, open_backend
+from edgescreen.runtime.card import Artifact, ModelCard, load_card
 from edgescreen.runtime.postprocess import activate
-from edgescreen.runtime.preprocess import preprocess
+from edgescreen.runtime.prepare import prepare_batch
 
-# Display names of the artifact forms, as in the latency table.
-FORMS = {("int8", "tensorrt"): "int8", ("int8", "cpu"): "int8-cpu"}
+BATCH = 16
 
 
 def _ece(card, outputs: dict[str, np.ndarray], y: np.ndarray) -> float:
@@ -34,60 +36,77 @@ def _ece(card, outputs: dict[str, np.ndarray], y: np.ndarray) -> float:
     return metrics.expected_calibration_error(y.astype(int), probs)
 
 
+def prepared_inputs(samples: Sequence, card: ModelCard, *, workers: int = 2) -> np.ndarray:
+    """(N, C, H, W) of the labelled samples, prepared as screening does (ungated)."""
+    sources = [s.array if s.array is not None else s.path for s in samples]
+    if not sources:
+        return prepare_batch([], card)
+    step = max(1, -(-len(sources) // workers))
+    parts = [sources[i : i + step] for i in range(0, len(sources), step)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # OpenCV releases the GIL
+        return np.concatenate(list(pool.map(lambda part: prepare_batch(part, card), parts)))
+
+
+def run_artifact(
+    bundle: Path, card: ModelCard, artifact: Artifact, x: np.ndarray, *, threads: int
+) -> dict[str, np.ndarray]:
+    """Outputs of one shipped ONNX file, through the backend that ships, on the CPU.
+
+    The TensorRT-form INT8 file is judged as TensorRT computes it (Q/DQ run as written).
+    """
+    with open_backend(
+        bundle,
+        card,
+        artifact.precision,
+        "onnxruntime",
+        threads=threads,
+        device="cpu",
+        target=artifact.target,
+        unfused_qdq=artifact.target == "tensorrt",
+    ) as backend:
+        if backend.artifact != artifact.file:
+            raise ValueError(
+                f"{bundle}: asked for {artifact.file}, the backend ran {backend.artifact}"
+            )
+        return infer_in_batches(backend, x, BATCH)
+
+
+def drift_row(card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs) -> dict[str, Any]:
+    from edgescreen.export.verify import compare
+
+    r = compare(card, ref, outputs, y, refs)
+    lo, hi = r["delta_ci95"]
+    return {
+        "precision": name,
+        "metric_name": r["metric_name"],
+        "metric": r["metric"],
+        "delta": r["delta"],
+        "ci_low": lo,
+        "ci_high": hi,
+        "flips": r["flip_count"],
+        "flip_rate": r["flip_rate"],
+        "flipped_images": [f["image"] for f in r["flips"]],
+        "sensitivity": r["referral_sensitivity"],
+        "specificity": r["referral_specificity"],
+        "ece": _ece(card, outputs, y),
+        "max_abs_err": r["max_abs_err"],
+        "images": len(y),
+    }
+
+
 def drift_rows(
     bundle: Path, samples: Sequence, *, threads: int = 2, progress: bool = False
 ) -> list[dict[str, Any]]:
-    from edgescreen.export.verify import compare, run_onnx
-
     bundle = Path(bundle)
     card = load_card(bundle)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        x = np.stack(
-            list(
-                pool.map(
-                    lambda s: preprocess(
-                        s.array if s.array is not None else load_image(s.path), card.preprocessing
-                    ),
-                    samples,
-                )
-            )
-        )
+    x = prepared_inputs(samples, card)
     y = np.array([s.label for s in samples])
     refs = [s.ref for s in samples]
-    runs = {}
-    for art in card.artifacts.values():
-        if art.format == "onnx":
-            name = FORMS.get((art.precision, art.target), art.precision)
-            # The TensorRT-form file is judged as TensorRT computes it (see run_onnx).
-            runs[name] = run_onnx(
-                bundle / art.file,
-                x,
-                card.input.name,
-                threads=threads,
-                emulate_qdq=art.target == "tensorrt",
-            )
+    runs = {
+        form_of(art): run_artifact(bundle, card, art, x, threads=threads)
+        for art in card.artifacts.values()
+        if art.format == "onnx"
+    }
     if "fp32" not in runs:
         raise ValueError(f"{bundle}: no FP32 ONNX model to compare against")
-    rows = []
-    for name, outputs in runs.items():
-        r = compare(card, runs["fp32"], outputs, y, refs)
-        lo, hi = r["delta_ci95"]
-        rows.append(
-            {
-                "precision": name,
-                "metric_name": r["metric_name"],
-                "metric": r["metric"],
-                "delta": r["delta"],
-                "ci_low": lo,
-                "ci_high": hi,
-                "flips": r["flip_count"],
-                "flip_rate": r["flip_rate"],
-                "flipped_images": [f["image"] for f in r["flips"]],
-                "sensitivity": r["referral_sensitivity"],
-                "specificity": r["referral_specificity"],
-                "ece": _ece(card, outputs, y),
-                "max_abs_err": r["max_abs_err"],
-                "images": len(y),
-            }
-        )
-    return rows
+    return [drift_row(card, name, runs["fp32"], out, y, refs) for name, out in runs.items()]

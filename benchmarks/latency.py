@@ -21,10 +21,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .system import allocator, find_tcmalloc
+
+if TYPE_CHECKING:  # the worker imports nothing of the runtime before its timed cold start
+    from edgescreen.runtime.card import Artifact
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,20 @@ class Config:
     backend: str  # pytorch-eager | torchscript | onnxruntime | tensorrt
     precision: str  # fp32 | fp16 | int8
     artifact: str | None  # artifact key in the card, when the backend runs a bundle file
+
+
+# Short names of the table's targets; they tell the two INT8 forms apart in config names.
+TARGET_TAG = {"tensorrt": "trt", "cpu": "cpu"}
+
+
+def onnx_config_name(artifact: Artifact) -> str:
+    """`onnxruntime-<precision>`, plus `-<target>-form` for a file made for one target.
+
+    These are the names recorded results carry: `onnxruntime-fp32`,
+    `onnxruntime-int8-trt-form`, `onnxruntime-int8-cpu-form`.
+    """
+    tag = "" if artifact.target == "any" else f"-{TARGET_TAG[artifact.target]}-form"
+    return f"onnxruntime-{artifact.precision}{tag}"
 
 
 def available_configs(bundle: Path, *, checkpoint: Path | None = None) -> list[Config]:
@@ -46,27 +64,23 @@ def available_configs(bundle: Path, *, checkpoint: Path | None = None) -> list[C
     configs = []
     if has_torch and checkpoint is not None:
         configs.append(Config("pytorch-eager-fp32", "pytorch-eager", "fp32", None))
-    keys = {key: a for key, a in card.artifacts.items()}
-    if has_torch and "torchscript" in keys:
-        configs.append(Config("torchscript-fp32", "torchscript", "fp32", "torchscript"))
-    for key, artifact in keys.items():
-        if artifact.format != "onnx":
-            continue
-        suffix = (
-            {"tensorrt": "-trt-form", "cpu": "-cpu-form"}.get(artifact.target, "")
-            if artifact.precision == "int8"
-            else ""
-        )
-        configs.append(
-            Config(
-                f"onnxruntime-{artifact.precision}{suffix}", "onnxruntime", artifact.precision, key
-            )
-        )
+    shipped = card.artifacts.items()
+    if has_torch:
+        configs += [
+            Config(f"torchscript-{a.precision}", "torchscript", a.precision, key)
+            for key, a in shipped
+            if a.format == "torchscript"
+        ]
+    configs += [
+        Config(onnx_config_name(a), "onnxruntime", a.precision, key)
+        for key, a in shipped
+        if a.format == "onnx"
+    ]
     if importlib.util.find_spec("tensorrt") is not None:
         from edgescreen.runtime.backends.trt import engine_available
 
         for precision in ("fp16", "int8"):
-            if engine_available(bundle, precision):
+            if engine_available(bundle, card, precision):
                 configs.append(Config(f"tensorrt-{precision}", "tensorrt", precision, None))
     return configs
 
@@ -139,7 +153,7 @@ def _runner(bundle: Path, config: Config, threads: int, checkpoint: Path | None)
         else:
             from edgescreen.runtime.card import load_card
 
-            model = torch.jit.load(str(bundle / load_card(bundle).artifacts["torchscript"].file))
+            model = torch.jit.load(str(bundle / load_card(bundle).artifacts[config.artifact].file))
         model.eval()
 
         def run(x: np.ndarray):
@@ -147,14 +161,16 @@ def _runner(bundle: Path, config: Config, threads: int, checkpoint: Path | None)
                 return model(torch.from_numpy(x))
 
         return run
-    from edgescreen.runtime.backends import load_backend
-
-    if config.backend == "tensorrt":
-        return load_backend("tensorrt", bundle, precision=config.precision).infer
+    from edgescreen.runtime.backends import open_backend
     from edgescreen.runtime.card import load_card
 
-    artifact = load_card(bundle).artifacts[config.artifact]
-    return load_backend("onnxruntime", bundle / artifact.file, threads=threads, device="cpu").infer
+    card = load_card(bundle)
+    if config.backend == "tensorrt":
+        return open_backend(bundle, card, config.precision, "tensorrt").infer
+    target = card.artifacts[config.artifact].target
+    return open_backend(
+        bundle, card, config.precision, "onnxruntime", threads=threads, device="cpu", target=target
+    ).infer
 
 
 def _inputs(bundle: Path, batch: int) -> np.ndarray:

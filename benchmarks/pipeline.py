@@ -3,10 +3,11 @@
 Four numbers from one run, side by side:
 - runtime: `Screener.screen_many` (decode + quality gate + preprocessing in a thread pool
   overlapping batched inference), the way `edgescreen screen`/`batch` run;
-- naive: PIL decode, the same preprocessing, one eager PyTorch FP32 call per image — what
-  a notebook does;
-- decode-only: decode + quality gate + preprocessing alone, with the runtime's threads;
-- infer-only: the backend alone on preprocessed batches.
+- naive: PIL decode, the same preprocessing (the one prepare step, ungated), one eager
+  PyTorch FP32 call per image — what a notebook does;
+- decode-only: decode + quality gate + preprocessing alone (`prepare_source`, the
+  Screener's per-image step), with the runtime's threads;
+- infer-only: the backend alone on the batches of the images the gate passed.
 The runtime cannot beat the slower of the two bounds; its ratio to that bound says how
 much the overlap leaves on the table.
 """
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from edgescreen.runtime.imageio import load_image
-from edgescreen.runtime.preprocess import find_fundus_disc, preprocess
-from edgescreen.runtime.quality import assess_quality
+from edgescreen.runtime.backends import open_backend
+from edgescreen.runtime.card import load_card
+from edgescreen.runtime.prepare import prepare, prepare_source
 from edgescreen.runtime.screen import Screener
 
 
@@ -51,44 +52,35 @@ def runtime_pipeline(
 
 
 def decode_only(bundle: Path, images: list[Path], *, workers: int) -> dict[str, Any]:
-    from edgescreen.runtime.card import load_card
-
+    """Decode + quality gate + preprocessing, exactly the Screener's per-image step."""
     card = load_card(bundle)
-
-    def prepare(path: Path) -> np.ndarray:
-        image = load_image(path)
-        disc = find_fundus_disc(image) if card.modality == "fundus" else None
-        assess_quality(image, card.modality, card.quality, disc=disc)
-        return preprocess(image, card.preprocessing, disc=disc)
-
     with ThreadPoolExecutor(max_workers=workers) as pool:
         start = time.perf_counter()
-        tensors = list(pool.map(prepare, images))
+        prepared = list(pool.map(lambda path: prepare_source(path, card), images))
         seconds = time.perf_counter() - start
     return {
         "images": len(images),
         "seconds": seconds,
         "images_per_s": _rate(len(images), seconds),
-        "tensors": tensors,
+        "ok": sum(p.status == "ok" for p in prepared),
+        "tensors": [p.tensor for p in prepared if p.tensor is not None],
     }
 
 
 def infer_only(
     bundle: Path, tensors: list[np.ndarray], *, precision: str, threads: int, batch_size: int
 ) -> dict[str, Any]:
-    from edgescreen.runtime.backends import load_backend
-    from edgescreen.runtime.card import load_card
-    from edgescreen.runtime.screen import select_artifact
-
-    card = load_card(bundle)
-    _, artifact = select_artifact(card, precision, "onnxruntime")
-    backend = load_backend("onnxruntime", bundle / artifact.file, threads=threads, device="cpu")
     batches = [np.stack(tensors[i : i + batch_size]) for i in range(0, len(tensors), batch_size)]
-    backend.infer(batches[0])
-    start = time.perf_counter()
-    for b in batches:
-        backend.infer(b)
-    seconds = time.perf_counter() - start
+    if not batches:  # no image passed the gate: nothing to infer
+        return {"images": 0, "seconds": 0.0, "images_per_s": float("nan")}
+    with open_backend(
+        bundle, load_card(bundle), precision, "onnxruntime", threads=threads, device="cpu"
+    ) as backend:
+        backend.infer(batches[0])
+        start = time.perf_counter()
+        for b in batches:
+            backend.infer(b)
+        seconds = time.perf_counter() - start
     return {
         "images": len(tensors),
         "seconds": seconds,
@@ -104,13 +96,14 @@ def naive_pipeline(checkpoint: Path, images: list[Path], *, threads: int) -> dic
 
     torch.set_num_threads(threads)
     trained = load_trained(checkpoint)
-    model, cfg = trained.model, trained.card.preprocessing
+    model, card = trained.model, trained.card
 
     def one(path: Path):
         with Image.open(path) as im:
             array = np.asarray(im.convert("RGB"))
+        tensor = prepare(array, card, gate=False).tensor  # the same preprocessing, no gate
         with torch.inference_mode():
-            return model(torch.from_numpy(preprocess(array, cfg))[None])
+            return model(torch.from_numpy(tensor)[None])
 
     one(images[0])  # warm-up
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`export_bundle`: a trained checkpoint -> a verified bundle directory (DESIGN.md layout).
+"""`export_bundle`: a trained checkpoint -> a verified bundle directory (README, Export).
 
 Everything is built in a temp folder beside the target and renamed into place only once the
 card, every artifact and golden/ are written and the drift gate has passed (or was
@@ -20,21 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from edgescreen.runtime.artifacts import ARTIFACTS, KINDS, PRECISIONS
 from edgescreen.runtime.card import ModelCard, artifact_entry, save_card
 from edgescreen.runtime.errors import EdgescreenError
+from edgescreen.runtime.evaluation import task_metrics
 
 from . import calibration as C
 from . import verify as V
-from .data import DataSet, labels_of, prepare_batch, resolve
+from .data import DataSet, labels_of, prepare_samples, resolve
+from .onnx_export import OPSET
+from .verify import run_shipped
 
-PRECISIONS = ("fp32", "fp16", "int8")
-FILES = {
-    "onnx-fp32": "model.onnx",
-    "onnx-fp16": "model.fp16.onnx",
-    "onnx-int8": "model.int8.onnx",
-    "onnx-int8-cpu": "model.int8-cpu.onnx",
-    "torchscript": "model.ts",
-}
 GOLDEN_COUNT = 4
 
 
@@ -56,7 +52,7 @@ class ExportReport:
         head = ["precision", "file", "size MB", "metric", "Δ vs fp32 (95% CI)", "flips", "max err"]
         lines = [" | ".join(head)]
         for r in self.rows:
-            lines.append(" | ".join(_cells(r)))
+            lines.append(" | ".join(row_cells(r)))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,7 +65,7 @@ class ExportReport:
         }
 
 
-def _cells(r: dict[str, Any]) -> list[str]:
+def row_cells(r: dict[str, Any]) -> list[str]:
     metric = f"{r['metric_name']} {r['metric']:.4f}" if r.get("metric") is not None else "-"
     if r.get("delta") is None:
         delta = "-"
@@ -130,7 +126,7 @@ def _trained_on_synthetic(checkpoint: Path) -> bool:
         train = json.loads((folder / "splits.json").read_text())["train"]
     except (OSError, ValueError, KeyError):
         return False
-    return bool(train) and all(C._SYNTH_PATIENT.match(e.get("patient", "")) for e in train)
+    return bool(train) and all(C.is_synthetic_patient(e.get("patient", "")) for e in train)
 
 
 def export_bundle(
@@ -170,7 +166,6 @@ def export_bundle(
     trained = load_trained(checkpoint)
     card: ModelCard = trained.card.replace(artifacts={}, calibration=None)
     view = export_view(trained.model, tuple(card.input.shape)).eval()
-    names = [o.name for o in card.outputs]
 
     evaluation = resolve(
         eval if eval is not None else _default_split(checkpoint, "test"), what="evaluation"
@@ -190,25 +185,23 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with _Steps(progress) as steps:
-            report = _build(
-                tmp,
-                out,
-                card,
-                view,
-                names,
-                precisions,
+            job = _Job(
+                tmp=tmp,
+                out=out,
+                checkpoint=checkpoint,
+                precisions=precisions,
                 evaluation=evaluation,
                 calib_set=calib_set,
                 calib_method=calib_method,
                 calib_size=calib_size,
                 allow_drift=allow_drift,
                 allow_synth=allow_synthetic_calibration,
-                steps=steps,
-                timings=timings,
-                checkpoint=checkpoint,
                 golden_count=golden_count,
                 threads=threads,
+                steps=steps,
+                timings=timings,
             )
+            report = _build(job, card, view)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -218,58 +211,124 @@ def export_bundle(
     return report
 
 
-def _build(
-    tmp,
-    out,
-    card,
-    view,
-    names,
-    precisions,
-    *,
-    evaluation,
-    calib_set,
-    calib_method,
-    calib_size,
-    allow_drift,
-    allow_synth,
-    steps,
-    timings,
-    checkpoint,
-    golden_count,
-    threads,
-) -> ExportReport:
-    import onnx
-    import onnxruntime
-    import torch
+@dataclass
+class _Job:
+    """One export's inputs and running state, so the steps below take one argument, not 17."""
 
-    from .onnx_export import OPSET as opset
+    tmp: Path
+    out: Path
+    checkpoint: Path
+    precisions: tuple[str, ...]
+    evaluation: DataSet | None
+    calib_set: DataSet | None
+    calib_method: str
+    calib_size: int | None
+    allow_drift: bool
+    allow_synth: bool
+    golden_count: int
+    threads: int | None
+    steps: _Steps
+    timings: dict[str, float]
+
+    def path(self, key: str) -> Path:
+        return self.tmp / KINDS[key].file
+
+    def timed(self, name: str, start: float) -> None:
+        self.timings[name] = round(time.perf_counter() - start, 2)
+
+
+@dataclass
+class _EvalSet:
+    """The evaluation images, prepared once, and FP32's outputs on them."""
+
+    refs: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    fp32: dict[str, np.ndarray] | None = None
+
+
+def _build(job: _Job, card: ModelCard, view: Any) -> ExportReport:
+    card = _export_float_models(job, card, view)
+    ev = _prepare_evaluation(job, card)
+    parity = _check_parity(job, card, view, ev)
+    results: dict[str, dict[str, Any]] = {}
+    if ev is not None:
+        t = time.perf_counter()
+        ev.fp32 = run_shipped(job.tmp, card, "fp32", ev.x, threads=job.threads)
+        results["fp32"] = {**task_metrics(card, ev.fp32, ev.y), "parity_vs_pytorch": parity}
+        job.timed("eval_fp32", t)
+    calibration, cache_file, cache_hit = None, None, None
+    if "int8" in job.precisions:
+        calibration, cache_file, cache_hit = _calibrate(job, card)
+        card = _quantize(job, card, cache_file)
+    if ev is not None:
+        results.update(_drift(job, card, ev))
+    gate = _drift_gate(job, card, results)
+    card = _final_card(card, results, gate, calibration)
+    save_card(card, job.tmp)
+    _write_golden(job, card, ev)
+    return ExportReport(
+        job.out,
+        card,
+        _rows(job, card, results, parity),
+        gate,
+        cache_hit,
+        str(cache_file) if cache_file else None,
+    )
+
+
+def _with_artifacts(job: _Job, card: ModelCard, *keys: str) -> ModelCard:
+    """The card listing `keys` too, each file already written and hashed (from the table)."""
+    entries = dict(card.artifacts)
+    for key in keys:
+        kind = KINDS[key]
+        entries[key] = artifact_entry(
+            job.tmp, kind.file, format=kind.format, precision=kind.precision, target=kind.target
+        )
+    return card.replace(artifacts=entries)
+
+
+def _export_float_models(job: _Job, card: ModelCard, view: Any) -> ModelCard:
+    """model.onnx and model.ts, and model.fp16.onnx when FP16 is asked for."""
     from .onnx_export import convert_fp16, export_onnx
-    from .quantize import quantize
-    from .torchscript import export_torchscript, load_torchscript
+    from .torchscript import export_torchscript
 
     t = time.perf_counter()
-    export_onnx(view, card, tmp / FILES["onnx-fp32"], opset=opset)
-    export_torchscript(view, card, tmp / FILES["torchscript"])
-    timings["export"] = round(time.perf_counter() - t, 2)
+    export_onnx(view, card, job.path("onnx-fp32"), opset=OPSET)
+    export_torchscript(view, card, job.path("torchscript"))
+    keys = ["onnx-fp32", "torchscript"]
+    if "fp16" in job.precisions:
+        convert_fp16(job.path("onnx-fp32"), job.path("onnx-fp16"))
+        keys.append("onnx-fp16")
+    job.timed("export", t)
+    return _with_artifacts(job, card, *keys)
 
-    # -- evaluation inputs and FP32 references ---------------------------------------------------
-    eval_samples = evaluation.samples if evaluation else []
-    refs = [s.ref for s in eval_samples]
-    x_eval = prepare_batch(eval_samples, card) if eval_samples else None
-    y_eval = labels_of(eval_samples) if eval_samples else None
+
+def _prepare_evaluation(job: _Job, card: ModelCard) -> _EvalSet | None:
+    samples = job.evaluation.samples if job.evaluation else []
+    if not samples:
+        return None
+    return _EvalSet([s.ref for s in samples], prepare_samples(samples, card), labels_of(samples))
+
+
+def _check_parity(
+    job: _Job, card: ModelCard, view: Any, ev: _EvalSet | None
+) -> dict[str, dict[str, float]]:
+    """TorchScript and FP32 ONNX against PyTorch; beyond PARITY_BOUNDS it is an export bug."""
+    from .torchscript import load_torchscript
+
+    names = [o.name for o in card.outputs]
     probe = (
-        x_eval[:32]
-        if x_eval is not None
+        ev.x[:32]
+        if ev is not None
         else np.random.default_rng(0).normal(size=(4, *card.input.shape)).astype(np.float32)
     )
-    ref_torch = V.run_torch(view, probe, names)
-    ts_module, _ = load_torchscript(tmp / FILES["torchscript"])
+    ref = V.run_torch(view, probe, names)
+    ts_module, _ = load_torchscript(job.path("torchscript"))
     parity = {
-        "torchscript": V.output_errors(card, ref_torch, V.run_torch(ts_module, probe, names)),
+        "torchscript": V.output_errors(card, ref, V.run_torch(ts_module, probe, names)),
         "fp32": V.output_errors(
-            card,
-            ref_torch,
-            V.run_onnx(tmp / FILES["onnx-fp32"], probe, card.input.name, threads=threads),
+            card, ref, run_shipped(job.tmp, card, "fp32", probe, threads=job.threads)
         ),
     }
     for key, err in parity.items():
@@ -278,132 +337,93 @@ def _build(
                 f"{key} export disagrees with PyTorch: max relative error "
                 f"{err['max_rel_err']:.2e} > {V.PARITY_BOUNDS[key]:.0e} (an export bug)"
             )
+    return parity
 
-    results: dict[str, dict[str, Any]] = {}
-    fp32_out = None
-    if x_eval is not None:
-        t = time.perf_counter()
-        fp32_out = V.run_onnx(tmp / FILES["onnx-fp32"], x_eval, card.input.name, threads=threads)
-        results["fp32"] = {**V.clinical(card, fp32_out, y_eval), "parity_vs_pytorch": parity}
-        timings["eval_fp32"] = round(time.perf_counter() - t, 2)
-    keys = ["onnx-fp32", "torchscript"]
 
-    if "fp16" in precisions:
-        convert_fp16(tmp / FILES["onnx-fp32"], tmp / FILES["onnx-fp16"])
-        keys.append("onnx-fp16")
-        if x_eval is not None:
-            results["fp16"] = V.compare(
-                card,
-                fp32_out,
-                V.run_onnx(tmp / FILES["onnx-fp16"], x_eval, card.input.name, threads=threads),
-                y_eval,
-                refs,
-            )
+def _quantize(job: _Job, card: ModelCard, cache_file: Path) -> ModelCard:
+    """Both INT8 forms from the same cached ranges (quantize.py says how they differ)."""
+    from .quantize import quantize
 
-    cache_hit = cache_file = None
-    calibration = None
-    if "int8" in precisions:
-        calibration, cache_file, cache_hit = _calibrate(
-            tmp,
-            card,
-            calib_set,
-            evaluation,
-            calib_method,
-            calib_size,
-            allow_synth,
-            checkpoint,
-            steps,
-            timings,
+    t = time.perf_counter()
+    keys = [k.key for k in ARTIFACTS if k.format == "onnx" and k.precision == "int8"]
+    for key in keys:
+        quantize(
+            job.path("onnx-fp32"),
+            job.path(key),
+            target=KINDS[key].target,
+            method=job.calib_method,
+            cache_file=cache_file,
         )
-        t = time.perf_counter()
-        for key, target in (("onnx-int8", "tensorrt"), ("onnx-int8-cpu", "cpu")):
-            quantize(
-                tmp / FILES["onnx-fp32"],
-                tmp / FILES[key],
-                target=target,
-                method=calib_method,
-                cache_file=cache_file,
-            )
-            keys.append(key)
-        timings["quantize"] = round(time.perf_counter() - t, 2)
-        if x_eval is not None:
-            for key, pkey in (("onnx-int8", "int8"), ("onnx-int8-cpu", "int8-cpu")):
-                results[pkey] = V.compare(
-                    card,
-                    fp32_out,
-                    V.run_onnx(
-                        tmp / FILES[key],
-                        x_eval,
-                        card.input.name,
-                        threads=threads,
-                        emulate_qdq=key == "onnx-int8",
-                    ),
-                    y_eval,
-                    refs,
-                )
+    job.timed("quantize", t)
+    return _with_artifacts(job, card, *keys)
 
-    # -- gate ---------------------------------------------------------------------------------
+
+def _drift(job: _Job, card: ModelCard, ev: _EvalSet) -> dict[str, dict[str, Any]]:
+    """Every reduced-precision file against FP32, run as the runtime runs it (TensorRT form unfused)."""
+    out = {}
+    for key, artifact in card.artifacts.items():
+        if artifact.format != "onnx" or artifact.precision == "fp32":
+            continue
+        got = run_shipped(
+            job.tmp, card, artifact.precision, ev.x, target=artifact.target, threads=job.threads
+        )
+        out[KINDS[key].form] = V.compare(card, ev.fp32, got, ev.y, ev.refs)
+    return out
+
+
+def _drift_gate(job: _Job, card: ModelCard, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     reduced = {k: v for k, v in results.items() if k != "fp32"}
     violations = V.gate(card, reduced)
     gate = {
         "passed": not violations,
-        "allowed_by_flag": bool(violations) and allow_drift,
+        "allowed_by_flag": bool(violations) and job.allow_drift,
         "violations": violations,
         "limits": card.drift_limits.__dict__,
-        "measured": bool(reduced) or len(precisions) == 1,
-        "eval_source": evaluation.source if evaluation else None,
+        "measured": bool(reduced) or len(job.precisions) == 1,
+        "eval_source": job.evaluation.source if job.evaluation else None,
     }
-    if violations and not allow_drift:
+    if violations and not job.allow_drift:
         raise DriftGateError(
             "drift gate failed, bundle not written:\n  "
             + "\n  ".join(violations)
             + "\n(check the calibration set, or re-run with --allow-drift to ship it anyway, "
             "recorded in the card)"
         )
+    return gate
 
-    # -- card, golden -------------------------------------------------------------------------
-    bundle_metrics = dict(card.metrics)
-    bundle_metrics.update(results)
-    bundle_metrics["drift_gate"] = gate
-    artifacts = {}
-    for key in keys:
-        precision = {"onnx-fp32": "fp32", "torchscript": "fp32", "onnx-fp16": "fp16"}.get(
-            key, "int8"
-        )
-        target = {"onnx-int8": "tensorrt", "onnx-int8-cpu": "cpu"}.get(key, "any")
-        fmt = "torchscript" if key == "torchscript" else "onnx"
-        artifacts[key] = artifact_entry(
-            tmp, FILES[key], format=fmt, precision=precision, target=target
-        )
+
+def _final_card(
+    card: ModelCard, results: dict[str, dict[str, Any]], gate: dict[str, Any], calibration
+) -> ModelCard:
+    import onnx
+    import onnxruntime
+    import torch
+
+    metrics = {**card.metrics, **results, "drift_gate": gate}
     versions = {
         **card.versions,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "opset": str(opset),
+        "opset": str(OPSET),
     }
-    card = card.replace(
-        artifacts=artifacts, metrics=bundle_metrics, calibration=calibration, versions=versions
-    )
-    save_card(card, tmp)
-    _write_golden(tmp, card, eval_samples, x_eval, fp32_out, golden_count, threads)
+    return card.replace(metrics=metrics, calibration=calibration, versions=versions)
 
+
+def _rows(
+    job: _Job, card: ModelCard, results: dict[str, dict[str, Any]], parity
+) -> list[dict[str, Any]]:
+    """One report row per shipped ONNX file, in the table's order."""
     rows = []
-    for key in keys:
-        if key == "torchscript":
+    for kind in ARTIFACTS:
+        if kind.key not in card.artifacts or kind.format != "onnx":
             continue
-        pkey = {
-            "onnx-fp32": "fp32",
-            "onnx-fp16": "fp16",
-            "onnx-int8": "int8",
-            "onnx-int8-cpu": "int8-cpu",
-        }[key]
-        r = results.get(pkey, {})
+        r = results.get(kind.form, {})
         rows.append(
             {
-                "precision": pkey,
-                "file": FILES[key],
-                "size_mb": (tmp / FILES[key]).stat().st_size / 1e6,
+                "precision": kind.form,
+                "file": kind.file,
+                "size_mb": job.path(kind.key).stat().st_size / 1e6,
                 "metric_name": r.get("metric_name"),
                 "metric": r.get("metric"),
                 "delta": r.get("delta"),
@@ -411,26 +431,18 @@ def _build(
                 "flip_count": r.get("flip_count"),
                 "images": r.get("images"),
                 "max_rel_err": r.get(
-                    "max_rel_err", parity["fp32"]["max_rel_err"] if pkey == "fp32" else None
+                    "max_rel_err", parity["fp32"]["max_rel_err"] if kind.form == "fp32" else None
                 ),
                 "flips": [f["image"] for f in r.get("flips", [])],
             }
         )
-    return ExportReport(out, card, rows, gate, cache_hit, str(cache_file) if cache_file else None)
+    return rows
 
 
-def _calibrate(
-    tmp,
-    card,
-    calib_set: DataSet | None,
-    evaluation: DataSet | None,
-    method,
-    size,
-    allow_synth,
-    checkpoint,
-    steps,
-    timings,
-):
+def _calibrate(job: _Job, card: ModelCard) -> tuple[dict, Path, bool]:
+    """The governed calibration set and its cached activation ranges (calibration.py)."""
+    tmp, calib_set, evaluation = job.tmp, job.calib_set, job.evaluation
+    method, size, allow_synth = job.calib_method, job.calib_size, job.allow_synth
     synthetic_made = False
     if calib_set is None:
         if not allow_synth:
@@ -450,7 +462,7 @@ def _calibrate(
         )
         synthetic_made = True
     synthetic = synthetic_made or C.is_synthetic(calib_set.samples)
-    if synthetic and not allow_synth and not _trained_on_synthetic(checkpoint):
+    if synthetic and not allow_synth and not _trained_on_synthetic(job.checkpoint):
         raise C.CalibrationError(
             f"calibration set {calib_set.source} is synthetic but the model was not trained "
             "on synthetic images; pass --allow-synthetic-calibration to accept it (recorded)"
@@ -470,23 +482,23 @@ def _calibrate(
         allowed_by_flag=synthetic and allow_synth,
         eval_source=evaluation.source if evaluation else None,
     )
-    key = C.cache_key(tmp / FILES["onnx-fp32"], manifest, method)
+    key = C.cache_key(job.path("onnx-fp32"), manifest, method)
     cache_file = C.cache_dir() / f"{key}.json"
     manifest["cache_key"] = key
     hit = cache_file.is_file()
     t = time.perf_counter()
     if not hit:
-        advance = steps.task(f"calibrating ({method}, {len(chosen)} images)", len(chosen))
+        advance = job.steps.task(f"calibrating ({method}, {len(chosen)} images)", len(chosen))
         C.compute_ranges(
-            tmp / FILES["onnx-fp32"],
+            job.path("onnx-fp32"),
             card,
             method,
             cache_file,
-            lambda idx: prepare_batch([chosen[i] for i in idx], card),
+            lambda idx: prepare_samples([chosen[i] for i in idx], card),
             len(chosen),
             advance,
         )
-    timings["calibrate"] = round(time.perf_counter() - t, 2)
+    job.timed("calibrate", t)
     if synthetic_made:
         shutil.rmtree(tmp / ".synthetic-calibration", ignore_errors=True)
         for img in manifest["images"]:
@@ -494,25 +506,22 @@ def _calibrate(
     return manifest, cache_file, hit
 
 
-def _write_golden(
-    tmp: Path, card: ModelCard, samples, x_eval, fp32_out, count: int, threads
-) -> None:
-    from edgescreen.runtime.golden import write_golden
-
-    if x_eval is None or not len(x_eval):
-        return
-    n = min(count, len(x_eval))
-    inputs = x_eval[:n]
-    outputs = V.run_onnx(tmp / FILES["onnx-fp32"], inputs, card.input.name, threads=threads)
-    names = [str(s.path) if s.path is not None else s.ref for s in samples[:n]]
+def _write_golden(job: _Job, card: ModelCard, ev: _EvalSet | None) -> None:
+    """A few evaluation images and their FP32 outputs, for the on-device self-test."""
     from edgescreen.train.data.splits import sample_hash
 
+    from .golden import write_golden
+
+    if ev is None:
+        return
+    samples = job.evaluation.samples[: min(job.golden_count, len(ev.x))]
+    inputs = ev.x[: len(samples)]
     write_golden(
-        tmp,
+        job.tmp,
         inputs,
-        outputs,
-        names,
-        sha256s=[sample_hash(s) for s in samples[:n]],
+        run_shipped(job.tmp, card, "fp32", inputs, threads=job.threads),
+        [str(s.path) if s.path is not None else s.ref for s in samples],
+        sha256s=[sample_hash(s) for s in samples],
         created_by="edgescreen export",
     )
 

@@ -48,9 +48,14 @@ def cache_dir() -> Path:
     return Path(root) / "calibration"
 
 
+def is_synthetic_patient(patient: str) -> bool:
+    """A patient id edgescreen.train.data.synth writes."""
+    return bool(_SYNTH_PATIENT.match(patient or ""))
+
+
 def is_synthetic(samples: Sequence[Sample]) -> bool:
     """Images written by edgescreen.train.data.synth (its patient ids), all of them."""
-    return bool(samples) and all(_SYNTH_PATIENT.match(s.patient or "") for s in samples)
+    return bool(samples) and all(is_synthetic_patient(s.patient) for s in samples)
 
 
 def _stratum(label: Any) -> int:
@@ -152,7 +157,7 @@ def cache_key(fp32_onnx: str | Path, calib_manifest: dict, method: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def _ort_method(method: str):
+def ort_method(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
     if method not in METHODS:
@@ -196,15 +201,12 @@ def compute_ranges(
     from onnxruntime.quantization import create_calibrator
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .quantize import model_for_quantization
-
     with tempfile.TemporaryDirectory(prefix="edgescreen-calib-") as tmp:
-        src = model_for_quantization(fp32_onnx, Path(tmp) / "model.onnx")
         calibrator = create_calibrator(
-            src,
+            str(fp32_onnx),
             None,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=_ort_method(method),
+            calibrate_method=ort_method(method),
             extra_options={"symmetric": False},
         )
         with contextlib.redirect_stdout(

@@ -1,10 +1,13 @@
-"""`edgescreen export`: import-light (no torch until it runs); a thin layer over export_bundle."""
+"""`edgescreen export` and `edgescreen engine`: import-light (no torch, no TensorRT until they run)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+from .torch_trt import add_torch_trt_action
 
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 2, 3
 
@@ -94,13 +97,13 @@ def _print(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .bundle import _cells
+    from .bundle import row_cells
 
     table = Table(title=f"edgescreen export: {report.card.name} -> {report.bundle}")
     for col in ("precision", "file", "size MB", "metric", "Δ vs fp32 (95% CI)", "flips", "max err"):
         table.add_column(col)
     for row in report.rows:
-        table.add_row(*_cells(row))
+        table.add_row(*row_cells(row))
     console = Console(highlight=False)
     console.print(table)
     gate = report.gate
@@ -123,3 +126,62 @@ def _print(report) -> None:
                 f"{row['precision']} decision flips: {', '.join(Path(f).name for f in row['flips'][:10])}"
                 + (" …" if len(row["flips"]) > 10 else "")
             )
+
+
+# -- engine ------------------------------------------------------------------------------------
+def cmd_engine_build(args: argparse.Namespace) -> int:
+    from .trt import build_engine
+
+    path = build_engine(
+        args.bundle,
+        args.precision,
+        workspace_mb=args.workspace,
+        dla_core=args.dla,
+        timing_cache=not args.no_timing_cache,
+        int8_mode=args.int8_mode,
+        force=args.force,
+        verbose=args.verbose,
+    )
+    print(path)
+    return 0
+
+
+def add_engine_command(sub: Any) -> argparse.ArgumentParser:
+    """`edgescreen engine build BUNDLE [--precision] [--workspace MB] [--dla N]`."""
+    parser = sub.add_parser(
+        "engine",
+        help="build TensorRT engines on this device",
+        description="build TensorRT engines on this device",
+    )
+    esub = parser.add_subparsers(dest="engine_command", required=True, metavar="ACTION")
+    b = esub.add_parser(
+        "build",
+        help="build (or reuse) the engine for a bundle on this device",
+        description="build (or reuse) the engine for a bundle on this device",
+    )
+    b.add_argument("bundle", type=Path)
+    b.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    b.add_argument(
+        "--workspace", type=int, default=1024, metavar="MB", help="builder workspace (default 1024)"
+    )
+    b.add_argument(
+        "--dla",
+        type=int,
+        default=None,
+        metavar="N",
+        help="build for DLA core N (Jetson Orin AGX/NX)",
+    )
+    b.add_argument(
+        "--int8-mode",
+        choices=("auto", "explicit", "implicit"),
+        default="auto",
+        help="auto: Q/DQ on TensorRT 9+, calibrator on 8.x",
+    )
+    b.add_argument(
+        "--force", action="store_true", help="rebuild even when a matching engine exists"
+    )
+    b.add_argument("--no-timing-cache", action="store_true")
+    b.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
+    b.set_defaults(func=cmd_engine_build)
+    add_torch_trt_action(esub)
+    return parser

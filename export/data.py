@@ -19,12 +19,9 @@ import numpy as np
 
 from edgescreen.runtime.card import ModelCard
 from edgescreen.runtime.errors import EdgescreenError
-from edgescreen.runtime.imageio import load_image
-from edgescreen.runtime.preprocess import find_fundus_disc, preprocess
+from edgescreen.runtime.prepare import prepare_batch
 from edgescreen.train.data.records import UNGRADABLE, Sample
 from edgescreen.train.data.splits import sample_hash
-
-TASK_OF_CARD = {"dr_grading": "dr", "oct_classification": "oct", "cxr_findings": "cxr"}
 
 
 @dataclass
@@ -120,20 +117,14 @@ def _checked(sample: Sample, entry: dict, path: Path) -> Sample:
     return sample
 
 
-def read_image(sample: Sample) -> np.ndarray:
-    if sample.array is not None:
-        return sample.array
-    return load_image(sample.path)
+def sources_of(samples: Sequence[Sample]) -> list[Path | np.ndarray]:
+    """What the runtime's decoder reads for each sample: its file, or its in-memory array."""
+    return [s.array if s.array is not None else s.path for s in samples]
 
 
-def prepare_batch(samples: Sequence[Sample], card: ModelCard) -> np.ndarray:
-    """Preprocessed (N, C, H, W) float32, exactly as the runtime prepares an image."""
-    out = np.empty((len(samples), *card.input.shape), np.float32)
-    for i, s in enumerate(samples):
-        image = read_image(s)
-        disc = find_fundus_disc(image) if card.modality == "fundus" else None
-        out[i] = preprocess(image, card.preprocessing, disc=disc)
-    return out
+def prepare_samples(samples: Sequence[Sample], card: ModelCard) -> np.ndarray:
+    """Calibration and evaluation tensors, through the runtime's one prepare step (ungated)."""
+    return prepare_batch(sources_of(samples), card)
 
 
 def labels_of(samples: Sequence[Sample]) -> np.ndarray:

@@ -14,12 +14,12 @@ calibration; only how the ranges become scales differs.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
+
+from .calibration import ort_method
 
 TARGETS = ("tensorrt", "cpu")
 TRT_OPS = [
@@ -92,12 +92,6 @@ def input_convs(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in reached if n.op_type in WEIGHTED_OPS]
 
 
-def model_for_quantization(fp32_onnx: str | Path, dst: str | Path) -> str:
-    """The graph calibrated and quantized: the FP32 file as exported (BN already folded)."""
-    shutil.copyfile(fp32_onnx, dst)
-    return str(dst)
-
-
 def quantize(
     fp32_onnx: str | Path,
     out: str | Path,
@@ -113,7 +107,6 @@ def quantize(
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from .calibration import _ort_method
 
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
@@ -144,7 +137,7 @@ def quantize(
             activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(nodes_to_exclude),
-            calibrate_method=_ort_method(method),
+            calibrate_method=ort_method(method),
             extra_options=extra,
             calibration_cache_path=str(cache_file),
         )
@@ -160,21 +153,3 @@ def quantize(
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return Path(out)
-
-
-def qdq_summary(path: str | Path) -> dict:
-    """Counts of Q/DQ nodes and the activation scales (name -> scale), for tests and reports."""
-    model = onnx.load(str(path))
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    scales = {n.input[0]: float(np.ravel(inits[n.input[1]])[0]) for n in q if n.input[1] in inits}
-    zero_types = sorted(
-        {str(inits[n.input[2]].dtype) for n in q if len(n.input) > 2 and n.input[2] in inits}
-    )
-    return {
-        "quantize": len(q),
-        "dequantize": len(dq),
-        "activation_scales": scales,
-        "zero_point_types": zero_types,
-    }

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgescreen.runtime.card import load_card
 from edgescreen.runtime.errors import BackendUnavailable, EdgescreenError
-from edgescreen.runtime.golden import SelfTestReport, compare, load_golden
+from edgescreen.runtime.golden import SelfTestReport, load_golden, run_selftest
 
 
 def _imports(int8: bool = False) -> tuple[Any, Any, Any]:
@@ -199,35 +199,44 @@ def run_torch_trt(
     return {k: v.float().cpu().numpy()[:n] for k, v in zip(output_names, values, strict=True)}
 
 
+class TorchTrtRunner:
+    """A compiled Torch-TensorRT module behind the runtime's backend interface, so the golden
+    self-test judges it exactly as it judges an ONNX Runtime or TensorRT backend."""
+
+    name = "torch-tensorrt"
+    device = "cuda:0"
+
+    def __init__(self, module: Any, card: Any, artifact: str) -> None:
+        self.module, self.artifact = module, artifact
+        self.output_names = [o.name for o in card.outputs]
+        self.opt_batch = card.input.batch[1]  # compiled for a static batch: pad up to it
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        parts = [
+            run_torch_trt(
+                self.module, batch[i : i + self.opt_batch], self.output_names, pad_to=self.opt_batch
+            )
+            for i in range(0, len(batch), self.opt_batch)
+        ]
+        return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
+
+    def close(self) -> None:
+        self.module = None
+
+
 def verify_torch_trt(module_or_path: Any, bundle: str | Path, precision: str) -> SelfTestReport:
     """Judge a compiled (or saved) module against the golden FP32 outputs, like `selftest`."""
     bundle = Path(bundle)
     card = load_card(bundle)
-    golden = load_golden(bundle)
     module = (
         load_torch_trt(module_or_path) if isinstance(module_or_path, str | Path) else module_or_path
     )
-    names = [o.name for o in card.outputs]
-    opt = card.input.batch[1]
-    parts = [
-        run_torch_trt(module, golden.inputs[i : i + opt], names, pad_to=opt)
-        for i in range(0, len(golden.inputs), opt)
-    ]
-    got = {k: np.concatenate([p[k] for p in parts]) for k in names}
-    reasons, errors, agreement, flips, tol = compare(card, golden, got, precision)
-    return SelfTestReport(
-        bundle=str(bundle),
-        precision=precision,
-        backend="torch-tensorrt",
-        device="cuda:0",
-        ready=not reasons,
-        reasons=reasons,
-        count=len(golden.inputs),
-        errors=errors,
-        decision_agreement=agreement,
-        flips=flips,
-        tolerances=tol,
+    runner = TorchTrtRunner(
+        module, card, str(module_or_path) if isinstance(module_or_path, str | Path) else "<module>"
     )
+    report = run_selftest(runner, card, load_golden(bundle), precision)
+    report.bundle = str(bundle)
+    return report
 
 
 def compile_checkpoint(

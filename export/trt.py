@@ -17,7 +17,6 @@ and a per-device timing cache (bundle/engines/timing.cache) makes rebuilds fast.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -30,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from edgescreen.runtime import __version__
+from edgescreen.runtime.backends import cuda_mem
+from edgescreen.runtime.backends.trt import current_device
 from edgescreen.runtime.card import (
     ModelCard,
     atomic_write,
@@ -39,8 +40,6 @@ from edgescreen.runtime.card import (
 )
 from edgescreen.runtime.engine_cache import (
     DeviceInfo,
-    EngineKey,
-    current_device,
     engines_dir,
     find_engine,
     make_key,
@@ -50,6 +49,7 @@ from edgescreen.runtime.engine_cache import (
     write_engine,
 )
 from edgescreen.runtime.errors import BackendUnavailable, CardError, EdgescreenError
+from edgescreen.runtime.prepare import prepare_batch
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +98,59 @@ def plan_build(
         raise BuildError(
             f"TensorRT {trt_version} is too old; edgescreen needs TensorRT 8.5 or newer"
         )
-    notes: list[str] = []
-
     if precision == "int8":
-        if tuple(device.compute_capability) < MIN_INT8_CC:
-            board = (
-                " (a Jetson Nano: Maxwell GPU, compute capability 5.3)"
-                if tuple(device.compute_capability) == (5, 3)
-                else ""
-            )
-            raise BuildError(
-                f"{device.gpu_name}{board} has no INT8 support in TensorRT (compute capability "
-                f"{device.compute_capability[0]}.{device.compute_capability[1]} < 6.1); "
-                "build an fp16 engine instead"
-            )
-        if has_fast_int8 is False:
-            raise BuildError(
-                f"TensorRT reports no fast INT8 on {device.gpu_name} "
-                "(builder.platform_has_fast_int8 is False); build an fp16 engine instead"
-            )
+        _check_int8_support(device, has_fast_int8)
+    notes: list[str] = []
+    quantization = _quantization(card, precision, major, int8_mode, notes)
+    try:
+        key, artifact = source_artifact(card, precision, quantization)
+    except CardError as exc:
+        raise BuildError(str(exc)) from None
+    builder_flags = _builder_flags(precision, quantization)
+    profile = tuple(card.input.batch)
+    if dla_core is not None:
+        _check_dla(precision, dla_core, num_dla_cores)
+        builder_flags += ("GPU_FALLBACK",)  # layers DLA cannot run go to the GPU instead of failing
+        opt = card.input.batch[1]
+        profile = (opt, opt, opt)  # DLA has no dynamic dimensions: min = opt = max
+        notes.append(f"DLA engines take a fixed batch of {opt}; smaller batches are padded")
+    return BuildPlan(
+        precision=precision,
+        quantization=quantization,
+        source_key=key,
+        source_file=artifact.file,
+        network_flags=_network_flags(quantization, major),
+        builder_flags=builder_flags,
+        profile=profile,  # type: ignore[arg-type]
+        dla_core=dla_core,
+        calibrate=quantization == "implicit",
+        notes=tuple(notes),
+    )
 
+
+def _check_int8_support(device: DeviceInfo, has_fast_int8: bool | None) -> None:
+    if tuple(device.compute_capability) < MIN_INT8_CC:
+        board = (
+            " (a Jetson Nano: Maxwell GPU, compute capability 5.3)"
+            if tuple(device.compute_capability) == (5, 3)
+            else ""
+        )
+        raise BuildError(
+            f"{device.gpu_name}{board} has no INT8 support in TensorRT (compute capability "
+            f"{device.compute_capability[0]}.{device.compute_capability[1]} < 6.1); "
+            "build an fp16 engine instead"
+        )
+    if has_fast_int8 is False:
+        raise BuildError(
+            f"TensorRT reports no fast INT8 on {device.gpu_name} "
+            "(builder.platform_has_fast_int8 is False); build an fp16 engine instead"
+        )
+
+
+def _quantization(
+    card: ModelCard, precision: str, major: int, int8_mode: str, notes: list[str]
+) -> str:
+    """explicit | strongly-typed | implicit, from the TensorRT major version and the INT8 mode."""
     if major >= 11:
         if precision == "int8" and int8_mode == "implicit":
             raise BuildError(
@@ -130,83 +163,56 @@ def plan_build(
                 "engine needs an FP16-typed ONNX (ModelOpt AutoCast), which this bundle does not "
                 "ship; build fp32, or int8 from the Q/DQ model"
             )
-        quantization = "strongly-typed"
-    elif precision == "int8":
-        if int8_mode == "auto":
-            quantization = "implicit" if major < 9 else "explicit"
-        else:
-            quantization = int8_mode
-        if quantization == "implicit" and major >= 10:
+        return "strongly-typed"
+    if precision != "int8":
+        return "explicit"
+    auto = "implicit" if major < 9 else "explicit"  # the calibrator is the 8.x default
+    quantization = auto if int8_mode == "auto" else int8_mode
+    if quantization == "implicit":
+        if major >= 10:
             notes.append(
                 "implicit INT8 calibration is deprecated since TensorRT 10.1; the Q/DQ path is preferred"
             )
-    else:
-        quantization = "explicit"
+        if not (card.calibration or {}).get("images"):
+            raise BuildError(
+                "implicit INT8 needs calibration images: the card's calibration manifest lists none "
+                "(calibration.images)"
+            )
+    return quantization
 
-    if quantization == "implicit" and not (card.calibration or {}).get("images"):
-        raise BuildError(
-            "implicit INT8 needs calibration images: the card's calibration manifest lists none "
-            "(calibration.images)"
-        )
 
-    try:
-        key, artifact = source_artifact(card, precision, quantization)
-    except CardError as exc:
-        raise BuildError(str(exc)) from None
-
+def _network_flags(quantization: str, major: int) -> tuple[str, ...]:
     if quantization == "strongly-typed":
-        network_flags: tuple[str, ...] = ("STRONGLY_TYPED",)
-    elif major < 10:
-        network_flags = (
-            "EXPLICIT_BATCH",
-        )  # explicit batch is the default (and only mode) from TensorRT 10
-    else:
-        network_flags = ()
+        return ("STRONGLY_TYPED",)
+    # Explicit batch is the default (and only mode) from TensorRT 10.
+    return ("EXPLICIT_BATCH",) if major < 10 else ()
 
-    builder_flags: list[str] = []
-    if quantization != "strongly-typed":
-        if precision == "fp16":
-            builder_flags.append("FP16")
-        elif precision == "int8":
-            builder_flags += ["INT8", "FP16"]  # FP16 for the layers the Q/DQ graph leaves in float
 
-    lo, opt, hi = card.input.batch
-    profile = (lo, opt, hi)
-    if dla_core is not None:
-        if dla_core < 0:
-            raise BuildError(f"DLA core must be 0 or more, got {dla_core}")
-        if num_dla_cores is not None and dla_core >= num_dla_cores:
-            have = (
-                f"{num_dla_cores} DLA core{'s' if num_dla_cores != 1 else ''}"
-                if num_dla_cores
-                else "no DLA"
-            )
-            raise BuildError(
-                f"DLA core {dla_core} asked for, but this device has {have} "
-                "(Orin AGX/NX have 2, Orin Nano none)"
-            )
-        if precision == "fp32":
-            raise BuildError(
-                "DLA runs FP16 and INT8 only; build with --precision fp16 or int8 for DLA"
-            )
-        builder_flags.append(
-            "GPU_FALLBACK"
-        )  # layers DLA cannot run go to the GPU instead of failing
-        profile = (opt, opt, opt)  # DLA has no dynamic dimensions: min = opt = max
-        notes.append(f"DLA engines take a fixed batch of {opt}; smaller batches are padded")
+def _builder_flags(precision: str, quantization: str) -> tuple[str, ...]:
+    if quantization == "strongly-typed":
+        return ()  # the types come from the network itself
+    if precision == "fp16":
+        return ("FP16",)
+    if precision == "int8":
+        return ("INT8", "FP16")  # FP16 for the layers the Q/DQ graph leaves in float
+    return ()
 
-    return BuildPlan(
-        precision=precision,
-        quantization=quantization,
-        source_key=key,
-        source_file=artifact.file,
-        network_flags=network_flags,
-        builder_flags=tuple(builder_flags),
-        profile=profile,
-        dla_core=dla_core,
-        calibrate=quantization == "implicit",
-        notes=tuple(notes),
-    )
+
+def _check_dla(precision: str, dla_core: int, num_dla_cores: int | None) -> None:
+    if dla_core < 0:
+        raise BuildError(f"DLA core must be 0 or more, got {dla_core}")
+    if num_dla_cores is not None and dla_core >= num_dla_cores:
+        have = (
+            f"{num_dla_cores} DLA core{'s' if num_dla_cores != 1 else ''}"
+            if num_dla_cores
+            else "no DLA"
+        )
+        raise BuildError(
+            f"DLA core {dla_core} asked for, but this device has {have} "
+            "(Orin AGX/NX have 2, Orin Nano none)"
+        )
+    if precision == "fp32":
+        raise BuildError("DLA runs FP16 and INT8 only; build with --precision fp16 or int8 for DLA")
 
 
 # -- calibration data (pure part of the legacy path) ------------------------------------------
@@ -234,21 +240,15 @@ def calibration_images(bundle: str | Path, card: ModelCard, *, verify: bool = Tr
 def calibration_batches(
     paths: Sequence[Path], card: ModelCard, batch_size: int
 ) -> Iterator[np.ndarray]:
-    """Preprocessed float32 (B, C, H, W) batches, exactly as screening preprocesses.
+    """Preprocessed float32 (B, C, H, W) batches, through screening's own prepare step.
 
     Every batch has `batch_size` images (the calibration profile is static); an incomplete
     last batch is dropped. Images are decoded lazily, one batch at a time.
     """
-    from edgescreen.runtime.imageio import load_image
-    from edgescreen.runtime.preprocess import preprocess
-
     if batch_size < 1:
         raise BuildError(f"calibration batch size must be at least 1, got {batch_size}")
     for start in range(0, len(paths) - batch_size + 1, batch_size):
-        chunk = paths[start : start + batch_size]
-        yield np.stack([preprocess(load_image(p), card.preprocessing) for p in chunk]).astype(
-            np.float32
-        )
+        yield prepare_batch(paths[start : start + batch_size], card)
 
 
 def calibration_batch_size(n_images: int, wanted: int) -> int:
@@ -259,7 +259,6 @@ def make_calibrator(
     trt: Any, batches: Iterator[np.ndarray], batch_size: int, cache_file: Path
 ) -> Any:
     """An IInt8EntropyCalibrator2 that feeds `batches` and keeps its scales in `cache_file`."""
-    from edgescreen.runtime.backends import cuda_mem
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -388,13 +387,6 @@ def build_engine(
         )
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    has_fast_int8 = None
-    if precision == "int8" and trt_major(device.trt_version) < 11:
-        # C++ IBuilder::platformHasFastInt8 is deprecated since 10.5 (gone in 11); it is still
-        # the builder's own answer on 10.x.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            has_fast_int8 = getattr(builder, "platform_has_fast_int8", None)
     plan = plan_build(
         card,
         precision,
@@ -402,7 +394,7 @@ def build_engine(
         device=device,
         dla_core=dla_core,
         int8_mode=int8_mode,
-        has_fast_int8=has_fast_int8,
+        has_fast_int8=_has_fast_int8(builder, precision, device),
         num_dla_cores=builder.num_DLA_cores if dla_core is not None else None,
     )
     for note in plan.notes:
@@ -417,18 +409,62 @@ def build_engine(
         bundle, card, only=[plan.source_key]
     )  # never build from a file the card disowns
 
+    network, input_name = _parse_onnx(trt, builder, logger, bundle / plan.source_file, plan)
+    config = _builder_config(trt, builder, plan, card, input_name, workspace_mb)
+    cache_path = _attach_timing_cache(config, bundle, timing_cache, device)
+    calibrator = (
+        _attach_calibrator(trt, builder, config, bundle, card, key, input_name, calibration_batch)
+        if plan.calibrate
+        else None
+    )
+    serialized, seconds = _serialize(builder, network, config, calibrator, plan)
+    target = plan_path(bundle, key)
+    write_engine(
+        target,
+        serialized,
+        key,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        build_seconds=round(seconds, 1),
+        builder_flags=list(plan.builder_flags),
+        network_flags=list(plan.network_flags),
+        source_file=plan.source_file,
+        edgescreen_version=__version__,
+        workspace_mb=workspace_mb,
+    )
+    if cache_path is not None:
+        _save_timing_cache(config, cache_path, device)
+    log.warning("wrote %s in %.0f s", target, seconds)
+    return target
+
+
+def _has_fast_int8(builder: Any, precision: str, device: DeviceInfo) -> bool | None:
+    if precision != "int8" or trt_major(device.trt_version) >= 11:
+        return None
+    # C++ IBuilder::platformHasFastInt8 is deprecated since 10.5 (gone in 11); it is still
+    # the builder's own answer on 10.x.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return getattr(builder, "platform_has_fast_int8", None)
+
+
+def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path, plan: BuildPlan):
+    """(network, input tensor name) parsed from the plan's ONNX file."""
     network = builder.create_network(_flags(trt.NetworkDefinitionCreationFlag, plan.network_flags))
     parser = trt.OnnxParser(network, logger)
-    onnx_path = bundle / plan.source_file
     if not parser.parse_from_file(str(onnx_path)):
         raise BuildError(
             f"{onnx_path}: TensorRT's ONNX parser failed: " + "; ".join(parser_errors(parser))
         )
     if network.num_inputs != 1:
         raise BuildError(f"{onnx_path}: expected one network input, found {network.num_inputs}")
-    input_name = network.get_input(0).name
-    c, h, w = card.input.shape
+    return network, network.get_input(0).name
 
+
+def _builder_config(
+    trt: Any, builder: Any, plan: BuildPlan, card: ModelCard, input_name: str, workspace_mb: int
+) -> Any:
+    """Workspace, the plan's flags, the batch profile and (for DLA) the device type."""
+    c, h, w = card.input.shape
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     for name in plan.builder_flags:
@@ -440,31 +476,57 @@ def build_engine(
     if plan.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan.dla_core
+    return config
 
-    cache_path = None
-    if timing_cache:
-        cache_path = (
-            engines_dir(bundle) / TIMING_CACHE if timing_cache is True else Path(timing_cache)
-        )
-        cache = config.create_timing_cache(_timing_cache_blob(cache_path, device))
-        config.set_timing_cache(cache, ignore_mismatch=False)
 
-    calibrator = None
-    if plan.calibrate:
-        paths = calibration_images(bundle, card)
-        batch = calibration_batch_size(len(paths), calibration_batch)
-        calib_profile = builder.create_optimization_profile()
-        calib_profile.set_shape(input_name, *([(batch, c, h, w)] * 3))
-        config.set_calibration_profile(calib_profile)
-        calib_cache = engines_dir(bundle) / f"calibration-{key.digest()[:16]}.cache"
-        calibrator = make_calibrator(
-            trt, calibration_batches(paths, card, batch), batch, calib_cache
-        )
-        config.int8_calibrator = calibrator
+def _attach_timing_cache(
+    config: Any, bundle: Path, timing_cache: bool | str | Path | None, device: DeviceInfo
+) -> Path | None:
+    if not timing_cache:
+        return None
+    path = engines_dir(bundle) / TIMING_CACHE if timing_cache is True else Path(timing_cache)
+    cache = config.create_timing_cache(_timing_cache_blob(path, device))
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return path
 
+
+def _save_timing_cache(config: Any, path: Path, device: DeviceInfo) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, memoryview(config.get_timing_cache().serialize()).tobytes())
+    atomic_write(
+        path.with_name(path.name + ".json"),
+        json.dumps(_timing_meta(device), sort_keys=True).encode(),
+    )
+
+
+def _attach_calibrator(
+    trt: Any,
+    builder: Any,
+    config: Any,
+    bundle: Path,
+    card: ModelCard,
+    key: Any,
+    input_name: str,
+    calibration_batch: int,
+) -> Any:
+    """The legacy implicit path: a calibrator fed the card's calibration images."""
+    c, h, w = card.input.shape
+    paths = calibration_images(bundle, card)
+    batch = calibration_batch_size(len(paths), calibration_batch)
+    calib_profile = builder.create_optimization_profile()
+    calib_profile.set_shape(input_name, *([(batch, c, h, w)] * 3))
+    config.set_calibration_profile(calib_profile)
+    calib_cache = engines_dir(bundle) / f"calibration-{key.digest()[:16]}.cache"
+    calibrator = make_calibrator(trt, calibration_batches(paths, card, batch), batch, calib_cache)
+    config.int8_calibrator = calibrator
+    return calibrator
+
+
+def _serialize(builder: Any, network: Any, config: Any, calibrator: Any, plan: BuildPlan):
+    """(plan bytes, build seconds); the calibrator's buffers are freed whatever happens."""
     log.warning(
         "building %s engine from %s (%s); this takes minutes on a Jetson",
-        precision,
+        plan.precision,
         plan.source_file,
         plan.quantization,
     )
@@ -476,97 +538,7 @@ def build_engine(
             calibrator.free()
     if serialized is None:
         raise BuildError(
-            f"TensorRT failed to build the {precision} engine from {plan.source_file} "
+            f"TensorRT failed to build the {plan.precision} engine from {plan.source_file} "
             "(see the TensorRT log above)"
         )
-    seconds = time.perf_counter() - start
-
-    target = plan_path(bundle, key)
-    write_engine(
-        target,
-        memoryview(serialized).tobytes(),
-        key,
-        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        build_seconds=round(seconds, 1),
-        builder_flags=list(plan.builder_flags),
-        network_flags=list(plan.network_flags),
-        source_file=plan.source_file,
-        edgescreen_version=__version__,
-        workspace_mb=workspace_mb,
-    )
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()).tobytes())
-        atomic_write(
-            cache_path.with_name(cache_path.name + ".json"),
-            json.dumps(_timing_meta(device), sort_keys=True).encode(),
-        )
-    log.warning("wrote %s in %.0f s", target, seconds)
-    return target
-
-
-def key_summary(key: EngineKey) -> str:
-    cc = ".".join(map(str, key.compute_capability))
-    return (
-        f"{key.precision} {key.quantization}, TensorRT {key.trt_version}, {key.gpu_name} (cc {cc}), "
-        f"batch {'/'.join(map(str, key.profile))}, model {key.model_sha256[:12]}"
-    )
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-def cmd_engine_build(args: argparse.Namespace) -> int:
-    path = build_engine(
-        args.bundle,
-        args.precision,
-        workspace_mb=args.workspace,
-        dla_core=args.dla,
-        timing_cache=not args.no_timing_cache,
-        int8_mode=args.int8_mode,
-        force=args.force,
-        verbose=args.verbose,
-    )
-    print(path)
-    return 0
-
-
-def add_engine_command(sub: Any) -> argparse.ArgumentParser:
-    """`edgescreen engine build BUNDLE [--precision] [--workspace MB] [--dla N]`."""
-    parser = sub.add_parser(
-        "engine",
-        help="build TensorRT engines on this device",
-        description="build TensorRT engines on this device",
-    )
-    esub = parser.add_subparsers(dest="engine_command", required=True, metavar="ACTION")
-    b = esub.add_parser(
-        "build",
-        help="build (or reuse) the engine for a bundle on this device",
-        description="build (or reuse) the engine for a bundle on this device",
-    )
-    b.add_argument("bundle", type=Path)
-    b.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
-    b.add_argument(
-        "--workspace", type=int, default=1024, metavar="MB", help="builder workspace (default 1024)"
-    )
-    b.add_argument(
-        "--dla",
-        type=int,
-        default=None,
-        metavar="N",
-        help="build for DLA core N (Jetson Orin AGX/NX)",
-    )
-    b.add_argument(
-        "--int8-mode",
-        choices=("auto", "explicit", "implicit"),
-        default="auto",
-        help="auto: Q/DQ on TensorRT 9+, calibrator on 8.x",
-    )
-    b.add_argument(
-        "--force", action="store_true", help="rebuild even when a matching engine exists"
-    )
-    b.add_argument("--no-timing-cache", action="store_true")
-    b.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
-    b.set_defaults(func=cmd_engine_build)
-    from .torch_trt import add_torch_trt_action
-
-    add_torch_trt_action(esub)
-    return parser
+    return memoryview(serialized).tobytes(), time.perf_counter() - start

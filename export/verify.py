@@ -20,51 +20,40 @@ from typing import Any
 import numpy as np
 
 from edgescreen.runtime import metrics as M
+from edgescreen.runtime.backends import infer_in_batches, open_backend
 from edgescreen.runtime.card import ModelCard
-from edgescreen.runtime.postprocess import activate, interpret_batch
+from edgescreen.runtime.evaluation import METRIC_OF_TASK, metric_fn, task_metrics, task_view
 
 # Largest accepted max|got - ref| / max|ref| per output, by precision (parity with PyTorch).
 PARITY_BOUNDS = {"fp32": 1e-4, "torchscript": 1e-5, "fp16": 3e-2, "int8": 0.25}
-METRIC_OF_TASK = {
-    "dr_grading": "qwk",
-    "cxr_findings": "mean_auroc",
-    "oct_classification": "accuracy",
-}
 N_BOOT = 1000
+BATCH = 16
 
 
-def run_onnx(
-    path: str | Path,
+def run_shipped(
+    bundle: str | Path,
+    card: ModelCard,
+    precision: str,
     inputs: np.ndarray,
-    input_name: str,
     *,
-    batch: int = 16,
+    target: str | None = None,
     threads: int | None = None,
-    emulate_qdq: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Outputs of an ONNX file in ONNX Runtime on the CPU.
-
-    `emulate_qdq` runs Q/DQ nodes as written (quantize, dequantize, float op) instead of
-    fusing them into ORT's x86 integer kernels, whose int16 intermediate saturation adds
-    error TensorRT does not have: it is how the TensorRT-form INT8 file is judged here.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if emulate_qdq:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for start in range(0, len(inputs), batch):
-        for n, v in zip(
-            names, session.run(None, {input_name: inputs[start : start + batch]}), strict=True
-        ):
-            chunks[n].append(np.asarray(v, dtype=np.float32))
-    return {n: np.concatenate(v) for n, v in chunks.items()}
+    """Outputs of the bundle's file for `precision` as the runtime's ONNX Runtime backend runs it
+    on a CPU. The TensorRT-form INT8 file (target "tensorrt") runs with its Q/DQ unfused, as
+    TensorRT computes it (ORT's fused x86 kernels saturate int16 intermediates TensorRT does
+    not have)."""
+    with open_backend(
+        bundle,
+        card,
+        precision,
+        "onnxruntime",
+        device="cpu",
+        threads=threads,
+        target=target,
+        unfused_qdq=target == "tensorrt",
+    ) as backend:
+        return infer_in_batches(backend, inputs, BATCH)
 
 
 def run_torch(
@@ -107,64 +96,6 @@ def output_errors(
     }
 
 
-def _referral(card: ModelCard, decisions: list[str]) -> np.ndarray:
-    return np.array([d in ("refer", "urgent") for d in decisions])
-
-
-def _truth_referral(card: ModelCard, y: np.ndarray) -> np.ndarray:
-    if card.task == "dr_grading":
-        return y >= card.decision.refer_min_grade
-    if card.task == "cxr_findings":
-        return y.any(axis=1)
-    return np.array(
-        [
-            card.decision.class_decisions.get(card.labels[int(k)], "refer") in ("refer", "urgent")
-            for k in y
-        ]
-    )
-
-
-def task_view(card: ModelCard, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    """What the metric reads (predicted class, or probabilities for CXR) and the decisions."""
-    found = interpret_batch(card, outputs)
-    decisions = [f.decision for f in found]
-    if card.task == "cxr_findings":
-        return activate(outputs[card.output("scores").name], "sigmoid"), decisions
-    index = {label: i for i, label in enumerate(card.labels)}
-    return np.array([index[f.label] for f in found]), decisions
-
-
-def _metric_fn(card: ModelCard):
-    if card.task == "dr_grading":
-        k = len(card.labels)
-        return lambda y, p: M.quadratic_weighted_kappa(y, p, k)
-    if card.task == "cxr_findings":
-
-        def auroc(y, p):  # findings absent (or always present) in a resample have no AUROC
-            keep = (y.sum(axis=0) > 0) & (y.sum(axis=0) < len(y))
-            return M.mean_auroc(y[:, keep], p[:, keep]) if keep.any() else float("nan")
-
-        return auroc
-    return lambda y, p: M.accuracy(y, p)
-
-
-def clinical(card: ModelCard, outputs: dict[str, np.ndarray], y: np.ndarray) -> dict[str, Any]:
-    pred, decisions = task_view(card, outputs)
-    name = METRIC_OF_TASK[card.task]
-    value = float(_metric_fn(card)(y, pred))
-    truth, referred = _truth_referral(card, y), _referral(card, decisions)
-    sens = float(referred[truth].mean()) if truth.any() else float("nan")
-    spec = float((~referred[~truth]).mean()) if (~truth).any() else float("nan")
-    return {
-        "metric_name": name,
-        "metric": value,
-        name: value,
-        "referral_sensitivity": sens,
-        "referral_specificity": spec,
-        "images": int(len(y)),
-    }
-
-
 def compare(
     card: ModelCard,
     ref: dict[str, np.ndarray],
@@ -173,9 +104,9 @@ def compare(
     refs: Sequence[str],
 ) -> dict[str, Any]:
     """Metric of `got`, its difference to `ref` (FP32) with a paired bootstrap CI, and the flips."""
-    base = clinical(card, ref, y)
-    mine = clinical(card, got, y)
-    fn = _metric_fn(card)
+    base = task_metrics(card, ref, y)
+    mine = task_metrics(card, got, y)
+    fn = metric_fn(card)
     p_ref, d_ref = task_view(card, ref)
     p_got, d_got = task_view(card, got)
     delta, lo, hi = M.bootstrap_ci(

@@ -31,7 +31,13 @@ Task = Literal["dr_grading", "oct_classification", "cxr_findings"]
 Precision = Literal["fp32", "fp16", "int8"]
 # urgent > refer > routine > rescreen > none: the order a patient's worst eye is chosen by.
 DECISIONS: tuple[str, ...] = ("urgent", "refer", "routine", "rescreen", "none")
+# The decisions that send a patient to a specialist: the referral rule, in one place.
+REFERRAL_DECISIONS: tuple[str, ...] = ("urgent", "refer")
 TASK_MODALITY = {"dr_grading": "fundus", "oct_classification": "oct", "cxr_findings": "cxr"}
+
+
+def is_referral(decision: str | None) -> bool:
+    return decision in REFERRAL_DECISIONS
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,22 @@
 """`edgescreen` command line. Thin: every subcommand calls a public API.
 
-Subcommands of the training and export stages are imported only when run, so the
-runtime's commands start fast and never import torch.
+Subcommands of the other stages are listed in STAGE_COMMANDS; their modules are
+import-light, so the runtime's commands start fast and never import torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .backends import backend_names
 from .errors import EdgescreenError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
@@ -157,17 +161,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- synth -------------------------------------------------------------------------------------
-def cmd_synth(args: argparse.Namespace) -> int:
-    from edgescreen.train.data.synth import synthesize
-
-    csv_path = synthesize(
-        args.modality, args.n, Path(args.out), seed=args.seed, size=args.size, progress=True
-    )
-    print(csv_path)
-    return EXIT_OK
-
-
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -188,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--bundle", required=True, type=Path)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--backend", choices=("auto", *backend_names()), default="auto")
     p.add_argument(
         "--threads", type=int, default=None, help="inference threads (default: backend's own)"
     )
@@ -205,37 +198,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="check the sha256 of every artifact")
     p.add_argument("--json", action="store_true")
 
-    p = add("synth", cmd_synth, "generate a synthetic labelled data set (needs no torch)")
-    p.add_argument("modality", choices=("fundus", "oct", "cxr"))
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256)
     _add_stage_commands(sub)
     return parser
 
 
-def _add_stage_commands(sub) -> None:
-    """Commands of the other stages, when their packages are installed; each module is import-light."""
-    import importlib
+@dataclass(frozen=True)
+class StageCommand:
+    module: str  # import-light module with an add_*_command(sub) function
+    adder: str
+    extra: str | None  # the edgescreen extra it needs, or None for the runtime's own
+    needs: tuple[str, ...] = ()  # packages that extra brings, checked without importing them
 
-    for module, fn in (
-        ("edgescreen.runtime.batch.cli", "add_batch_command"),
-        ("edgescreen.train.cli", "add_train_command"),
-        ("edgescreen.export.cli", "add_export_command"),
-        ("edgescreen.benchmarks.cli", "add_bench_command"),
-        ("edgescreen.benchmarks.demo", "add_demo_command"),
-        ("edgescreen.export.trt", "add_engine_command"),
-        ("edgescreen.runtime.golden", "add_selftest_command"),
-    ):
-        try:
-            getattr(importlib.import_module(module), fn)(sub)
-        except ModuleNotFoundError:
-            continue
+
+# Every subcommand that lives outside runtime/cli.py, named here so none can vanish silently:
+# a missing extra gives a command that says what to install, a broken import fails loudly.
+STAGE_COMMANDS: dict[str, StageCommand] = {
+    "batch": StageCommand("edgescreen.runtime.batch.cli", "add_batch_command", None),
+    "selftest": StageCommand("edgescreen.runtime.golden", "add_selftest_command", None),
+    # Builds TensorRT engines on the device: needs TensorRT when run, never torch.
+    "engine": StageCommand("edgescreen.export.cli", "add_engine_command", None),
+    "synth": StageCommand("edgescreen.train.cli", "add_synth_command", None),
+    "train": StageCommand(
+        "edgescreen.train.cli", "add_train_command", "train", ("torch", "timm", "albumentations")
+    ),
+    "export": StageCommand(
+        "edgescreen.export.cli", "add_export_command", "export", ("torch", "onnx")
+    ),
+    "bench": StageCommand("edgescreen.benchmarks.cli", "add_bench_command", None),
+    "demo": StageCommand(
+        "edgescreen.benchmarks.demo", "add_demo_command", "export", ("torch", "onnx")
+    ),
+}
+
+
+def installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _add_stage_commands(sub) -> None:
+    for name, stage in STAGE_COMMANDS.items():
+        missing = [p for p in stage.needs if not installed(p)]
+        if missing:
+            _add_missing_extra(sub, name, stage.extra, missing)
+        else:
+            getattr(importlib.import_module(stage.module), stage.adder)(sub)
+
+
+def _add_missing_extra(sub, name: str, extra: str | None, missing: list[str]) -> None:
+    hint = f"needs the {extra} extra: pip install 'edgescreen[{extra}]'"
+    p = sub.add_parser(
+        name, help=f"({hint})", description=f"edgescreen {name} {hint}", add_help=True
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def refuse(_args: argparse.Namespace) -> int:
+        print(f"edgescreen {name}: {hint} (missing: {', '.join(missing)})", file=sys.stderr)
+        return EXIT_ERROR
+
+    p.set_defaults(func=refuse, takes_any_arguments=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except EdgescreenError as exc:

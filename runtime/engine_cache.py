@@ -7,8 +7,9 @@ with a JSON sidecar holding its key. An engine whose key differs from the one th
 device computes is never loaded: it is rebuilt where the builder is available, or
 refused with a message that says which field differs.
 
-Everything here is pure Python: the device is described by a `DeviceInfo` that
-`current_device()` fills in from TensorRT and pycuda, and that tests make by hand.
+Everything here is pure Python: the device is described by a `DeviceInfo` that the
+TensorRT backend's `current_device()` fills in from TensorRT and pycuda, and that tests
+make by hand.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .card import ModelCard, atomic_write, load_card, sha256_file
-from .errors import BackendUnavailable, CardError, EdgescreenError
+from .artifacts import choose_artifact
+from .card import ModelCard, atomic_write, sha256_file
+from .errors import BackendUnavailable, EdgescreenError
 
 ENGINES_DIR = "engines"
 PLAN_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".json"
 KEY_SCHEMA = 1
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class StaleEngine(EdgescreenError):
@@ -123,36 +124,8 @@ class EngineKey:
 def source_artifact(
     card: ModelCard, precision: str, quantization: str = "explicit"
 ) -> tuple[str, Any]:
-    """(artifact key, Artifact) the builder parses for a precision.
-
-    FP32 and FP16 engines come from the FP32 ONNX (FP16 is a builder choice). INT8 engines
-    come from the symmetric Q/DQ file made for TensorRT (target "tensorrt", else "any");
-    the legacy implicit path (TensorRT 8.x calibrator) starts from the FP32 file.
-    """
-    if precision not in PRECISIONS:
-        raise CardError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    onnx = {k: a for k, a in card.artifacts.items() if a.format == "onnx"}
-    if precision == "int8" and quantization != "implicit":
-        candidates = {
-            k: a
-            for k, a in onnx.items()
-            if a.precision == "int8" and a.target in ("tensorrt", "any")
-        }
-        if not candidates:
-            raise CardError(
-                "the bundle has no INT8 Q/DQ ONNX for TensorRT (an artifact with format onnx, "
-                "precision int8, target tensorrt or any); re-export with INT8",
-                field="artifacts",
-            )
-        order = ("tensorrt", "any")
-    else:
-        candidates = {k: a for k, a in onnx.items() if a.precision == "fp32"}
-        if not candidates:
-            raise CardError(
-                "the bundle has no FP32 ONNX model to build an engine from", field="artifacts"
-            )
-        order = ("any", "tensorrt", "cpu")
-    return min(candidates.items(), key=lambda kv: order.index(kv[1].target))
+    """(artifact key, Artifact) the builder parses for a precision (see choose_artifact)."""
+    return choose_artifact(card, precision, backend="tensorrt", quantization=quantization)
 
 
 def calibration_digest(card: ModelCard) -> str | None:
@@ -305,48 +278,7 @@ def find_engine(bundle: str | Path, key: EngineKey, *, verify_hash: bool = True)
     return Lookup(key, None, refused)
 
 
-def remove_engine(plan: str | Path) -> None:
-    Path(plan).unlink(missing_ok=True)
-    sidecar_path(plan).unlink(missing_ok=True)
-
-
-# -- this device ------------------------------------------------------------------------------
-def current_device(trt: Any = None) -> DeviceInfo:
-    """DeviceInfo of GPU 0 from TensorRT and pycuda; BackendUnavailable when they are missing."""
-    if trt is None:
-        try:
-            import tensorrt as trt  # noqa: PLC0415 - heavy, optional
-        except ImportError:
-            raise BackendUnavailable(
-                "TensorRT is not installed: sudo apt install python3-libnvinfer python3-pycuda "
-                "(JetPack 6)"
-            ) from None
-    from .backends import cuda_mem
-
-    props = cuda_mem.device_properties(0)
-    return DeviceInfo(
-        gpu_name=props.name,
-        compute_capability=props.compute_capability,
-        trt_version=str(trt.__version__),
-        sm_count=props.sm_count,
-    )
-
-
-def expected_key(
-    bundle: str | Path,
-    precision: str,
-    *,
-    device: DeviceInfo | None = None,
-    dla_core: int | None = None,
-    quantization: str | None = None,
-) -> EngineKey:
-    card = load_card(bundle)
-    device = device or current_device()
-    if quantization is None:
-        quantization = default_quantization(device.trt_version, precision)
-    return make_key(card, precision, device, dla_core=dla_core, quantization=quantization)
-
-
+# -- TensorRT versions ---------------------------------------------------------------------
 def trt_major(version: str) -> int:
     try:
         return int(str(version).split(".")[0])

@@ -1,13 +1,15 @@
 """Golden set and the on-device self-test: does this device give the answers export saw?
 
-Export runs a few preprocessed images through the FP32 model and stores, in bundle/golden/:
+Export (export/golden.py) runs a few preprocessed images through the FP32 model and
+stores, in bundle/golden/:
 
     inputs.npy      (N, C, H, W) float32, already preprocessed (no decoder or OpenCV drift)
     outputs.npz     the FP32 outputs, one array per output name
     manifest.json   source image names and sha256, the model's sha256, created_by,
                     and the tolerances per precision
 
-`selftest` runs the inputs through the backend this device would use and compares with
+`run_selftest` runs the inputs through an open backend (the one a screening will use) and
+compares with
 the FP32 outputs: the largest error of each score output, relative to its scale; the
 largest change of a probability; and whether the decision (refer / rescreen / ...) is
 the same, through the very postprocessing a screening uses. A device is `ready` only
@@ -26,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .card import ModelCard, atomic_write, load_card, sha256_file, verify_artifacts
-from .errors import CardError, EdgescreenError
+from .backends import Backend, backend_names, infer_in_batches, open_backend
+from .card import ModelCard, atomic_write, load_card, sha256_file
+from .errors import BackendUnavailable, CardError, EdgescreenError
 from .postprocess import activate, interpret_batch
 
 GOLDEN_DIR = "golden"
@@ -66,87 +68,11 @@ def golden_dir(bundle: str | Path) -> Path:
     return Path(bundle) / GOLDEN_DIR
 
 
-def _fp32_onnx_sha(card: ModelCard) -> str | None:
+def fp32_onnx_sha(card: ModelCard) -> str | None:
     return next(
         (a.sha256 for a in card.artifacts.values() if a.format == "onnx" and a.precision == "fp32"),
         None,
     )
-
-
-def write_golden(
-    bundle: str | Path,
-    inputs: np.ndarray,
-    outputs: dict[str, np.ndarray],
-    names: list[str | Path],
-    *,
-    sha256s: list[str] | None = None,
-    created_by: str | None = None,
-    tolerances: dict[str, dict[str, float | None]] | None = None,
-) -> Path:
-    """Store a golden set. `names` are the source images (a path that exists is hashed)."""
-    bundle = Path(bundle)
-    card = load_card(bundle)
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-    if inputs.ndim != 4 or tuple(inputs.shape[1:]) != tuple(card.input.shape):
-        raise CardError(
-            f"golden inputs must be (N, {', '.join(map(str, card.input.shape))}), got {inputs.shape}"
-        )
-    n = len(inputs)
-    if len(names) != n:
-        raise CardError(f"{len(names)} names for {n} golden inputs")
-    for name, array in outputs.items():
-        if len(array) != n:
-            raise CardError(f"output {name!r} has {len(array)} rows for {n} inputs")
-    missing = [o.name for o in card.outputs if o.name not in outputs]
-    if missing:
-        raise CardError(f"golden outputs lack {missing}")
-    images = []
-    for i, name in enumerate(names):
-        path = Path(name)
-        sha = sha256s[i] if sha256s else (sha256_file(path) if path.is_file() else None)
-        images.append({"name": path.name if path.is_file() else str(name), "sha256": sha})
-    merged = {k: dict(v) for k, v in DEFAULT_TOLERANCES.items()}
-    for precision, values in (tolerances or {}).items():
-        merged.setdefault(precision, {}).update(values)
-    manifest = {
-        "schema": GOLDEN_SCHEMA,
-        "model": card.name,
-        "source_model_sha256": _fp32_onnx_sha(card),
-        "created_by": created_by or f"edgescreen {__version__}",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "count": n,
-        "input_shape": list(inputs.shape[1:]),
-        "outputs": {k: list(np.shape(v)[1:]) for k, v in outputs.items()},
-        "images": images,
-        "tolerances": merged,
-    }
-    folder = golden_dir(bundle)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / INPUTS, _npy_bytes(inputs))
-    atomic_write(
-        folder / OUTPUTS,
-        _npz_bytes({k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}),
-    )
-    atomic_write(
-        folder / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    )
-    return folder
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def load_golden(bundle: str | Path) -> Golden:
@@ -300,27 +226,41 @@ def compare(
     return reasons, errors, agreement, flips, tol
 
 
-def _model_for(bundle: Path, card: ModelCard, precision: str, backend: str, verify: bool) -> Path:
-    if backend == "tensorrt":
-        return bundle  # the backend finds (or builds) this device's engine
-    from .screen import select_artifact
+def run_selftest(
+    backend: Backend, card: ModelCard, golden: Golden, precision: str
+) -> SelfTestReport:
+    """Run the golden inputs through an open backend and judge them against the FP32 outputs.
 
-    key, artifact = select_artifact(card, precision, backend)
-    if verify:
-        verify_artifacts(bundle, card, only=[key])
-    return bundle / artifact.file
-
-
-def pick_backend(bundle: str | Path, precision: str, name: str = "auto") -> str:
-    """'auto': a TensorRT engine for this device if there is one, else ONNX Runtime."""
-    if name != "auto":
-        return name
-    from .backends import is_available
-    from .backends.trt import engine_available
-
-    if is_available("tensorrt") and engine_available(bundle, precision):
-        return "tensorrt"
-    return "onnxruntime"
+    The caller owns the backend: a screening self-tests the very engine it will screen with.
+    """
+    start = time.perf_counter()
+    report = SelfTestReport(
+        bundle="",
+        precision=precision,
+        backend=backend.name,
+        device=backend.device,
+        ready=False,
+        reasons=[],
+        count=len(golden.inputs),
+    )
+    source = golden.manifest.get("source_model_sha256")
+    if source and source != fp32_onnx_sha(card):
+        report.reasons.append(
+            f"the golden set was made from model {source[:12]}…, but this bundle's FP32 model "
+            f"is {(fp32_onnx_sha(card) or 'missing')[:12]}… (golden set and model disagree)"
+        )
+    got = infer_in_batches(backend, golden.inputs, card.input.batch[2])
+    reasons, errors, agreement, flips, tol = compare(card, golden, got, precision)
+    report.reasons += reasons
+    report.errors, report.decision_agreement, report.flips, report.tolerances = (
+        errors,
+        agreement,
+        flips,
+        tol,
+    )
+    report.ready = not report.reasons
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
 
 
 def selftest(
@@ -328,16 +268,12 @@ def selftest(
     precision: str = "fp32",
     backend: str = "auto",
     *,
-    verify: bool = True,
+    card: ModelCard | None = None,
     **backend_options: Any,
 ) -> SelfTestReport:
-    """Run the golden inputs through `backend` and judge them against the stored FP32 outputs."""
-    from .backends import load_backend
-
+    """Open `backend` on the bundle, self-test it, close it: what `edgescreen selftest` runs."""
     bundle = Path(bundle)
-    start = time.perf_counter()
-    card = load_card(bundle)
-    backend = pick_backend(bundle, precision, backend)
+    card = card or load_card(bundle)
     report = SelfTestReport(
         bundle=str(bundle),
         precision=precision,
@@ -351,43 +287,47 @@ def selftest(
     except CardError as exc:
         report.reasons.append(str(exc))
         return report
-    report.count = len(golden.inputs)
-    source = golden.manifest.get("source_model_sha256")
-    if source and source != _fp32_onnx_sha(card):
-        report.reasons.append(
-            f"the golden set was made from model {source[:12]}…, but this bundle's FP32 model "
-            f"is {(_fp32_onnx_sha(card) or 'missing')[:12]}… (golden set and model disagree)"
-        )
     try:
-        model = _model_for(bundle, card, precision, backend, verify)
-        if backend == "tensorrt":
-            backend_options.setdefault("precision", precision)  # the engine is picked by precision
-        runner = load_backend(backend, model, **backend_options)
+        runner = open_backend(bundle, card, precision, backend, **backend_options)
     except EdgescreenError as exc:
         report.reasons.append(f"{backend} could not load the {precision} model: {exc}")
-        report.seconds = round(time.perf_counter() - start, 3)
+        report.count = len(golden.inputs)
         return report
     try:
-        report.device = getattr(runner, "device", "?")
-        max_batch = card.input.batch[2]
-        parts = [
-            runner.infer(golden.inputs[i : i + max_batch])
-            for i in range(0, len(golden.inputs), max_batch)
-        ]
+        report = run_selftest(runner, card, golden, precision)
     finally:
         runner.close()
-    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    reasons, errors, agreement, flips, tol = compare(card, golden, got, precision)
-    report.reasons += reasons
-    report.errors, report.decision_agreement, report.flips, report.tolerances = (
-        errors,
-        agreement,
-        flips,
-        tol,
-    )
-    report.ready = not report.reasons
-    report.seconds = round(time.perf_counter() - start, 3)
+    report.bundle = str(bundle)
     return report
+
+
+def ensure_selftest(backend: Backend, bundle: Path, card: ModelCard, precision: str) -> None:
+    """Self-test a TensorRT engine once per new plan; refuse an engine that fails it.
+
+    A passing run leaves `<engine>.selftest.json` holding the engine's sha256, so a rebuilt
+    plan (same name, new bytes) is tested again and an unchanged one costs one hash.
+    """
+    engine = bundle / backend.artifact
+    marker = engine.with_name(engine.name + ".selftest.json")
+    digest = sha256_file(engine)
+    try:
+        if json.loads(marker.read_text()).get("engine_sha256") == digest:
+            return
+    except (OSError, ValueError):
+        pass
+    try:
+        report = run_selftest(backend, card, load_golden(bundle), precision)
+    except CardError as exc:
+        raise BackendUnavailable(f"{engine}: cannot self-test this engine ({exc})") from None
+    if not report.ready:
+        raise BackendUnavailable(
+            f"{engine}: this {precision} engine failed its self-test on this device "
+            f"({'; '.join(report.reasons)}); rebuild it or screen with --backend onnxruntime"
+        )
+    report.bundle = str(bundle)
+    atomic_write(
+        marker, json.dumps({"engine_sha256": digest, **report.to_dict()}, indent=2).encode()
+    )
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -410,7 +350,7 @@ def add_selftest_command(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--backend", choices=("auto", *backend_names()), default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_selftest)
     return p

@@ -1,12 +1,16 @@
-"""Decode an image file into the array convention every stage uses.
+"""The one decoder: an image file (or its bytes) into the array convention every stage uses.
 
 Convention: RGB uint8 HxWx3, or grayscale HxW uint8/uint16 (16-bit X-rays keep their
-depth for percentile windowing). Every failure is an ImageError naming the file.
+depth for percentile windowing). JPEG, PNG, TIFF, BMP and GIF go through OpenCV, DICOM
+through pydicom (runtime/dicom.py). Every failure is an ImageError naming the file.
+Screening, batch ingest, calibration, evaluation, training and report thumbnails all
+decode here.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -18,10 +22,58 @@ from .errors import ImageError
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and what the decoder noticed about the file."""
+
+    name: str
+    image: np.ndarray
+    note: str | None = None  # e.g. "multi-frame DICOM (3 frames): the first frame was screened"
+
+
+def decode(
+    source: str | Path | bytes | np.ndarray,
+    *,
+    name: str | Path | None = None,
+    max_pixels: int | None = None,
+) -> Decoded:
+    """A file path, the file's bytes or an already decoded array -> Decoded."""
+    if isinstance(source, np.ndarray):
+        return Decoded(str(name or "<array>"), source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        label = str(name or "<bytes>")
+        data = bytes(source)
+    else:
+        label = str(name or source)
+        data = read_file(source)
+    if is_dicom(data, label):
+        from .dicom import decode_dicom  # pydicom only when a DICOM file turns up
+
+        image, note = decode_dicom(data, label, max_pixels=max_pixels)
+        return Decoded(label, image, note)
+    return Decoded(label, decode_image(data, label, max_pixels=max_pixels))
+
+
+_RASTER_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+
+
+def is_dicom(data: bytes, name: str | Path = "") -> bool:
+    """DICOM by its marker; some .dcm files have no preamble, so a .dcm name counts too
+    unless the bytes are plainly another format (content wins over the extension)."""
+    if data[128:132] == b"DICM":
+        return True
+    return str(name).lower().endswith(".dcm") and not data.startswith(_RASTER_MAGIC)
+
+
 def load_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    return decode(path, max_pixels=max_pixels).image
+
+
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes, or an ImageError that says why they cannot be read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
     except IsADirectoryError:
@@ -30,7 +82,6 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
         raise ImageError(path, "permission denied") from None
     except OSError as exc:
         raise ImageError(path, f"cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, path, max_pixels=max_pixels)
 
 
 def decode_image(

@@ -7,12 +7,12 @@ differently from the ones it was trained on.
 The pipeline has two halves, and training puts augmentation between them::
 
     image (RGB uint8 / grey uint8|uint16)
-      -> prepare(image, cfg, size=working)  # geometry + photometry that define the input:
+      -> canonical(image, cfg, size=working)  # geometry + photometry that define the input:
                                             # fundus disc crop, Ben Graham, mask; CXR window
       -> [training only: augmentation on the uint8 HxWxC image]
       -> to_tensor(prepared, cfg)           # resize to cfg.size, /255, (x-mean)/std, CHW
 
-Why this order: ``prepare`` removes what differs between cameras and scanners (where the
+Why this order: ``canonical`` removes what differs between cameras and scanners (where the
 fundus disc lies and how big it is, illumination, bit depth) so augmentation starts from
 the canonical picture the runtime will also produce; augmenting first would make the
 crop and the Ben Graham blur depend on the random transform.  Augmentation works on
@@ -28,7 +28,7 @@ pixels.  The fundus disc is found on a copy at most ``_DISC_WORK_SIDE`` pixels l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -43,12 +43,13 @@ __all__ = [
     "Disc",
     "PreprocessConfig",
     "find_fundus_disc",
-    "prepare",
+    "canonical",
+    "crop_square",
     "preprocess",
-    "preprocess_batch",
     "to_grey",
     "to_rgb",
     "to_tensor",
+    "to_uint8",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     return cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
@@ -203,7 +204,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """Any supported image -> RGB uint8 HxWx3 (grey is replicated, 16 bit scaled)."""
-    image = _to_uint8(_check_image(image))
+    image = to_uint8(_check_image(image))
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
@@ -304,7 +305,7 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     h, w = image.shape[:2]
     fallback = Disc.fallback(h, w)
     scale = min(1.0, _DISC_WORK_SIDE / max(h, w))
-    small = _to_uint8(image)
+    small = to_uint8(image)
     if scale < 1.0:
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
         small = cv2.resize(small, (sw, sh), interpolation=cv2.INTER_AREA)
@@ -392,7 +393,7 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     return Disc(float(cx_src), float(cy_src), float(r_src), True, clipped, float(fov), float(iou))
 
 
-def _crop_square(image: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:
+def crop_square(image: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:
     """Square [cx-half, cx+half]^2 resized to size x size, black where it leaves the image."""
     h, w = image.shape[:2]
     side = max(1, round(2 * half))
@@ -433,7 +434,7 @@ def _prepare_fundus(image: np.ndarray, cfg: PreprocessConfig, size: int, disc: D
     else:
         cx, cy, half = w / 2, h / 2, max(h, w) / 2
     # Centre of pixel i is at i (cv2 convention); the square covers [cx-half, cx+half].
-    out = _crop_square(rgb, cx + 0.5, cy + 0.5, half, size)
+    out = crop_square(rgb, cx + 0.5, cy + 0.5, half, size)
     s = size / (2 * half)
     ocx, ocy, orad = (disc.cx - cx) * s + size / 2, (disc.cy - cy) * s + size / 2, disc.radius * s
     if cfg.ben_graham:
@@ -482,7 +483,7 @@ def _window_lut(grey: np.ndarray, percentiles: tuple[float, float]) -> np.ndarra
     return lut[grey]
 
 
-def prepare(
+def canonical(
     image: np.ndarray, cfg: PreprocessConfig, *, size: int | None = None, disc: Disc | None = None
 ) -> np.ndarray:
     """Image -> uint8 ``size x size x cfg.channels`` canonical picture (see module doc).
@@ -495,7 +496,7 @@ def prepare(
     if cfg.modality == "fundus":
         out = _prepare_fundus(image, cfg, size, disc)
     elif cfg.modality == "oct":
-        grey = _to_uint8(to_grey(image))
+        grey = to_uint8(to_grey(image))
         out = _resize(grey, size, size)
         if cfg.denoise:
             # Median 3x3 after resizing: speckle is granular, the median removes it while
@@ -517,7 +518,9 @@ def prepare(
 def to_tensor(prepared: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """uint8 HxWxC (or HxW) -> float32 (C, cfg.size, cfg.size), /255, (x - mean) / std."""
     if prepared.dtype != np.uint8:
-        raise ImageError("<array>", f"to_tensor expects uint8 (from prepare), got {prepared.dtype}")
+        raise ImageError(
+            "<array>", f"to_tensor expects uint8 (from canonical), got {prepared.dtype}"
+        )
     if prepared.ndim == 3 and prepared.shape[2] == 1:
         prepared = prepared[:, :, 0]
     img = _resize(prepared, cfg.size, cfg.size)
@@ -529,15 +532,5 @@ def to_tensor(prepared: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray, cfg: PreprocessConfig, *, disc: Disc | None = None) -> np.ndarray:
-    """prepare at ``cfg.size`` then to_tensor: float32 (C, size, size)."""
-    return to_tensor(prepare(image, cfg, disc=disc), cfg)
-
-
-def preprocess_batch(
-    images: Iterable[np.ndarray] | Sequence[np.ndarray], cfg: PreprocessConfig
-) -> np.ndarray:
-    """float32 (N, C, size, size); N may be 0."""
-    tensors = [preprocess(im, cfg) for im in images]
-    if not tensors:
-        return np.zeros((0, cfg.channels, cfg.size, cfg.size), np.float32)
-    return np.stack(tensors)
+    """canonical at ``cfg.size`` then to_tensor: float32 (C, size, size)."""
+    return to_tensor(canonical(image, cfg, disc=disc), cfg)

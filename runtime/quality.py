@@ -41,7 +41,7 @@ import numpy as np
 
 from .errors import CardError
 from .labels import MODALITIES
-from .preprocess import Disc, _crop_square, _to_uint8, find_fundus_disc, to_grey, to_rgb
+from .preprocess import Disc, crop_square, find_fundus_disc, to_grey, to_rgb, to_uint8
 from .schema import from_data
 
 __all__ = [
@@ -222,7 +222,7 @@ def _fundus(
             return ["overexposed"]
         return ["not_fundus"]
     size = 2 * _REF_RADIUS
-    crop = _crop_square(rgb, disc.cx + 0.5, disc.cy + 0.5, disc.radius, size)
+    crop = crop_square(rgb, disc.cx + 0.5, disc.cy + 0.5, disc.radius, size)
     # Inside the inner circle and inside the frame (the crop is black-padded outside).
     s = size / (2 * disc.radius)
     mask = np.zeros((size, size), np.uint8)
@@ -279,7 +279,7 @@ def _fundus(
 
 
 def _grey(image: np.ndarray, lim: QualityLimits, m: dict[str, float]) -> list[str]:
-    grey = _to_uint8(to_grey(image))
+    grey = to_uint8(to_grey(image))
     h, w = grey.shape
     f = min(1.0, _REF_SIDE / max(h, w))
     if f < 1.0:

@@ -1,4 +1,4 @@
-"""Screen images with a bundle: decode -> quality gate -> preprocess -> infer -> decide.
+"""Screen images with a bundle: decode + prepare (runtime/prepare.py) -> infer -> decide.
 
 Decode, quality gate and preprocessing run in a small thread pool (OpenCV releases the
 GIL) so they overlap inference; a bounded window keeps memory flat on a Jetson however
@@ -7,95 +7,24 @@ long the list of images is.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .backends import Backend, load_backend, resolve_backend
-from .card import (
-    Artifact,
-    ModelCard,
-    atomic_write,
-    bundle_sha256,
-    load_card,
-    sha256_file,
-    verify_artifacts,
-)
-from .errors import BackendUnavailable, CardError, EdgescreenError, ImageError
-from .imageio import load_image
-from .postprocess import interpret_batch
-from .preprocess import find_fundus_disc, preprocess
-from .quality import assess_quality
+from .backends import Backend, open_backend
+from .card import bundle_sha256, load_card
+from .golden import ensure_selftest
+from .imageio import Decoded
+from .postprocess import Interpretation, interpret_batch
+from .prepare import Prepared, prepare_source
 from .results import ScreeningResult
 
-ImageInput = str | Path | np.ndarray
-
-
-@dataclass
-class _Prepared:
-    name: str
-    tensor: np.ndarray | None
-    early: ScreeningResult | None  # set when the image stops before inference
-    quality: dict
-    timings: dict[str, float]
-
-
-def select_artifact(
-    card: ModelCard, precision: str, backend: str, device: str = "cpu"
-) -> tuple[str, Artifact]:
-    """The bundle file a backend should run for a precision.
-
-    INT8 ships in two forms: the symmetric Q/DQ file TensorRT consumes and a CPU form
-    (unsigned activations) that x86 ONNX Runtime runs faster; pick the one that fits.
-    """
-    onnx = {
-        k: a for k, a in card.artifacts.items() if a.format == "onnx" and a.precision == precision
-    }
-    if not onnx:
-        have = sorted({a.precision for a in card.artifacts.values() if a.format == "onnx"})
-        raise CardError(
-            f"the bundle has no {precision} ONNX model (it has: {', '.join(have) or 'none'})",
-            field="artifacts",
-        )
-    prefer = (
-        ("tensorrt", "any", "cpu")
-        if backend == "tensorrt" or device != "cpu"
-        else ("cpu", "any", "tensorrt")
-    )
-    return min(onnx.items(), key=lambda kv: prefer.index(kv[1].target))
-
-
-def ensure_engine_selftest(bundle: Path, precision: str, engine: Path) -> None:
-    """Run the golden self-test once per new engine; refuse an engine that fails it.
-
-    A passing run leaves `<engine>.selftest.json` holding the engine's sha256, so a rebuilt
-    plan (same name, new bytes) is tested again and an unchanged one costs one hash.
-    """
-    from .golden import selftest
-
-    marker = engine.with_name(engine.name + ".selftest.json")
-    digest = sha256_file(engine)
-    try:
-        if json.loads(marker.read_text()).get("engine_sha256") == digest:
-            return
-    except (OSError, ValueError):
-        pass
-    report = selftest(bundle, precision, "tensorrt")
-    if not report.ready:
-        raise BackendUnavailable(
-            f"{engine}: this {precision} engine failed its self-test on this device "
-            f"({'; '.join(report.reasons)}); rebuild it or screen with --backend onnxruntime"
-        )
-    atomic_write(
-        marker, json.dumps({"engine_sha256": digest, **report.to_dict()}, indent=2).encode()
-    )
+ImageInput = str | Path | bytes | np.ndarray | Decoded
 
 
 class Screener:
@@ -114,30 +43,22 @@ class Screener:
         self.bundle = Path(bundle)
         self.card = load_card(self.bundle)
         self.precision = precision
-        backend = resolve_backend(backend, self.bundle, precision)
-        if backend == "tensorrt":
-            # Engines are built per device and keyed by the model's sha256 (engine_cache), not
-            # listed in the card; the backend refuses a stale or foreign one.
-            self.backend: Backend = load_backend("tensorrt", self.bundle, precision=precision)
+        self.backend: Backend = open_backend(
+            self.bundle, self.card, precision, backend, threads=threads, verify=verify
+        )
+        if self.backend.name == "tensorrt":
+            # Engines are built per device, not listed in the card: each new one is checked
+            # against the golden set once, with this very engine, before it screens anyone.
             try:
-                ensure_engine_selftest(self.bundle, precision, Path(self.backend.engine_path))
+                ensure_selftest(self.backend, self.bundle, self.card, precision)
             except BaseException:
                 self.backend.close()
                 raise
-            artifact_file = str(Path(self.backend.engine_path).relative_to(self.bundle))
-        else:
-            key, artifact = select_artifact(self.card, precision, backend)
-            if (
-                verify
-            ):  # only the file about to run: hashing every artifact costs seconds on a Jetson
-                verify_artifacts(self.bundle, self.card, only=[key])
-            self.backend = load_backend(backend, self.bundle / artifact.file, threads=threads)
-            artifact_file = artifact.file
         self.workers = max(1, workers)
         self.audit = {
             "bundle_sha256": bundle_sha256(self.card),
             "model": self.card.name,
-            "artifact": artifact_file,
+            "artifact": self.backend.artifact,
             "backend": self.backend.name,
             "device": self.backend.device,
             "precision": precision,
@@ -155,14 +76,21 @@ class Screener:
         names: Iterable[str] | None = None,
         batch_size: int = 8,
     ) -> Iterator[ScreeningResult]:
-        """Results in input order; a bad image yields a failed result and the rest go on."""
-        items = list(images)
-        labels = list(names) if names is not None else [_name_of(x) for x in items]
+        """Results in input order; a bad image yields a failed result and the rest go on.
+
+        `images` is consumed lazily, at most a window ahead of the results, so a generator
+        that reads files as it goes keeps memory bounded however many there are.
+        """
+        labelled = (
+            zip(images, names, strict=True)
+            if names is not None
+            else ((x, _name_of(x)) for x in images)
+        )
         window = max(batch_size * 2, self.workers * 2)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="prepare") as pool:
-            pending: deque[Future[_Prepared]] = deque()
-            batch: list[_Prepared] = []
-            for item, label in zip(items, labels, strict=True):
+            pending: deque[Future[Prepared]] = deque()
+            batch: list[Prepared] = []
+            for item, label in labelled:
                 pending.append(pool.submit(self._prepare, item, label))
                 while len(pending) >= window:
                     yield from self._collect(pending.popleft().result(), batch, batch_size)
@@ -181,14 +109,14 @@ class Screener:
 
     # -- pipeline -------------------------------------------------------------------------
     def _collect(
-        self, prepared: _Prepared, batch: list[_Prepared], batch_size: int
+        self, prepared: Prepared, batch: list[Prepared], batch_size: int
     ) -> Iterator[ScreeningResult]:
         # Results leave in input order: an early (failed/ungradable) one waits for the batch ahead.
         batch.append(prepared)
         if sum(p.tensor is not None for p in batch) >= batch_size:
             yield from self._flush(batch)
 
-    def _flush(self, batch: list[_Prepared]) -> Iterator[ScreeningResult]:
+    def _flush(self, batch: list[Prepared]) -> Iterator[ScreeningResult]:
         if not batch:
             return
         ready = [p for p in batch if p.tensor is not None]
@@ -204,90 +132,41 @@ class Screener:
                 p.timings.update(infer=infer_ms, postprocess=post_ms, batch_size=len(ready))
                 interpreted[id(p)] = it
         for p in batch:
-            yield p.early if p.early is not None else self._result(p, interpreted[id(p)])
+            result = self._early(p) if p.tensor is None else self._result(p, interpreted[id(p)])
+            result.notes = p.note
+            yield result
         batch.clear()
 
-    def _prepare(self, image: ImageInput, name: str) -> _Prepared:
-        timings: dict[str, float] = {}
-        card = self.card
-        try:
-            start = time.perf_counter()
-            array = (
-                image
-                if isinstance(image, np.ndarray)
-                else load_image(image, max_pixels=card.input.max_pixels)
+    def _prepare(self, image: ImageInput, name: str) -> Prepared:
+        return prepare_source(image, self.card, name=name)
+
+    def _early(self, p: Prepared) -> ScreeningResult:
+        if p.status == "failed":
+            return ScreeningResult.failed(
+                p.name, p.error or "", task=self.card.task, audit=self.audit, timings_ms=p.timings
             )
-            timings["decode"] = _ms(start)
-            start = time.perf_counter()
-            disc = find_fundus_disc(array) if card.modality == "fundus" else None
-            report = assess_quality(array, card.modality, card.quality, disc=disc)
-            timings["quality"] = _ms(start)
-            if not report.gradable:
-                retake = card.decision.actions.get("ungradable", "image ungradable: retake")
-                early = self._early(
-                    name,
-                    "ungradable",
-                    f"{retake} ({'; '.join(report.reasons)})",
-                    quality=report.to_dict(),
-                    timings_ms=timings,
-                )
-                return _Prepared(name, None, early, report.to_dict(), timings)
-            start = time.perf_counter()
-            tensor = preprocess(array, card.preprocessing, disc=disc)
-            timings["preprocess"] = _ms(start)
-            return _Prepared(name, tensor, None, report.to_dict(), timings)
-        except EdgescreenError as exc:
-            return self._failed(name, str(exc), timings)
-        except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch
-            return self._failed(
-                name,
-                str(ImageError(name, f"unexpected error: {type(exc).__name__}: {exc}")),
-                timings,
-            )
-
-    def _failed(self, name: str, error: str, timings: dict[str, float]) -> _Prepared:
-        early = self._early(
-            name,
-            "failed",
-            f"could not screen this image, check the file and retake: {error}",
-            error=error,
-            timings_ms=timings,
-        )
-        return _Prepared(name, None, early, {}, timings)
-
-    def _early(self, name: str, status: str, action: str, **fields: object) -> ScreeningResult:
-        return ScreeningResult(
-            image=name,
-            status=status,
+        return ScreeningResult.ungradable(
+            p.name,
             task=self.card.task,
-            decision=status,  # type: ignore[arg-type]
-            action=action,
-            audit=dict(self.audit),
-            **fields,
-        )  # type: ignore[arg-type]
-
-    def _result(self, p: _Prepared, it) -> ScreeningResult:
-        return ScreeningResult(
-            image=p.name,
-            status="ok",
-            task=self.card.task,
-            decision=it.decision,
-            action=it.action,
-            label=it.label,
-            grade=it.grade,
-            probabilities=it.probabilities,
-            positive_findings=it.positive_findings,
-            referable_probability=it.referable_probability,
-            quality=p.quality,
+            retake=self.card.decision.actions.get("ungradable", "image ungradable: retake"),
+            reasons=p.reasons,
+            quality=p.quality.to_dict() if p.quality else {},
             timings_ms=p.timings,
-            audit=dict(self.audit),
-            heatmap=it.heatmap,
+            audit=self.audit,
+        )
+
+    def _result(self, p: Prepared, found: Interpretation) -> ScreeningResult:
+        return ScreeningResult.ok(
+            p.name,
+            found,
+            task=self.card.task,
+            quality=p.quality.to_dict() if p.quality else {},
+            timings_ms=p.timings,
+            audit=self.audit,
         )
 
 
 def _name_of(item: ImageInput) -> str:
-    return "<array>" if isinstance(item, np.ndarray) else str(item)
-
-
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
+    if isinstance(item, Decoded):
+        return item.name
+    return "<array>" if isinstance(item, np.ndarray | bytes) else str(item)

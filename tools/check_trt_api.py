@@ -200,7 +200,12 @@ CALL_RESULTS: dict[str, str] = {
 # Enum members named by string constants and resolved with getattr at run time:
 # (file, function, enums the constants belong to).
 DYNAMIC_ENUMS = (
-    ("export/trt.py", "plan_build", ("trt.NetworkDefinitionCreationFlag", "trt.BuilderFlag")),
+    (file, function, ("trt.NetworkDefinitionCreationFlag", "trt.BuilderFlag"))
+    for file, function in (
+        ("export/trt.py", "plan_build"),
+        ("export/trt.py", "_network_flags"),
+        ("export/trt.py", "_builder_flags"),
+    )
 )
 
 # Methods of our TensorRT subclasses that TensorRT does not call (ours, or the constructor).

@@ -2,7 +2,7 @@
 
 Order (and why), the same for every modality:
 
-1. `edgescreen.runtime.preprocess.prepare` at a working resolution (>= the model's input):
+1. `edgescreen.runtime.prepare.prepare` at a working resolution (>= the model's input):
    the runtime's own crop/Ben Graham/mask (fundus) or windowing (CXR), so augmentation
    starts from exactly the picture the runtime will produce;
 2. augmentation here, on uint8 HxWxC at that working resolution, so rotations and blurs

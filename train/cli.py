@@ -1,4 +1,4 @@
-"""`edgescreen train`: import-light, so building the CLI parser never imports torch."""
+"""`edgescreen train` and `edgescreen synth`: import-light, so building the CLI parser never imports torch."""
 
 from __future__ import annotations
 
@@ -66,4 +66,25 @@ def run_train(args: argparse.Namespace) -> int:
         if args.json
         else f"done in {result.seconds:.0f}s: validation {result.metric_name} {result.val_metric:.4f} -> {result.checkpoint}"
     )
+    return 0
+
+
+def add_synth_command(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic labelled data set (needs no torch)",
+        description="generate a synthetic labelled data set (needs no torch)",
+    )
+    p.add_argument("modality", choices=("fundus", "oct", "cxr"))
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.set_defaults(func=run_synth)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from .data.synth import synthesize
+
+    print(synthesize(args.modality, args.n, args.out, seed=args.seed, size=args.size, progress=True))
     return 0

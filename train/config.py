@@ -48,7 +48,7 @@ class TrainConfig:
     model: dict[str, Any]  # keyword arguments of the family's builder
     input_size: int  # the exported model's input (final stage's for M²CNN)
     stages: tuple[StageConfig, ...]
-    working_size: int | None = None  # prepare() resolution before augmentation
+    working_size: int | None = None  # canonical picture resolution before augmentation
     channels: int | None = None
     # Overrides of the modality's default preprocessing recipe (PreprocessConfig fields).
     preprocessing: dict[str, Any] = field(default_factory=dict)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from edgescreen.runtime import metrics
+from edgescreen.runtime import evaluation, metrics
 from edgescreen.runtime.card import ModelCard, OutputSpec, new_card
-from edgescreen.runtime.postprocess import activate, interpret_batch
+from edgescreen.runtime.postprocess import activate
 from edgescreen.runtime.preprocess import PreprocessConfig
 
 from .config import StageConfig, TrainConfig
@@ -475,30 +475,11 @@ def _targets(samples: Sequence[Sample]) -> np.ndarray:
 
 
 def task_metrics(card: ModelCard, outputs: dict[str, np.ndarray], y: np.ndarray) -> dict[str, Any]:
-    """The task's headline metric plus the ones a clinician asks about, from runtime decisions."""
-    found = interpret_batch(card, outputs)
+    """The runtime's task metrics; an undefined AUROC counts as 0 when choosing the best epoch."""
+    out = evaluation.task_metrics(card, outputs, y)
     if card.task == "cxr_findings":
-        probs = activate(outputs[card.output("scores").name], "sigmoid")
-        value = metrics.mean_auroc(y, probs)
-        return {"metric_name": "mean_auroc", "metric": _finite(value), "mean_auroc": _finite(value)}
-    labels = {label: i for i, label in enumerate(card.labels)}
-    pred = np.array([labels[f.label] for f in found])
-    acc = metrics.accuracy(y, pred)
-    if card.task == "oct_classification":
-        return {"metric_name": "accuracy", "metric": acc, "accuracy": acc}
-    qwk = metrics.quadratic_weighted_kappa(y, pred, len(card.labels))
-    referable = y >= card.decision.refer_min_grade
-    referred = np.array([f.decision in ("refer", "urgent") for f in found])
-    sens = float(referred[referable].mean()) if referable.any() else float("nan")
-    spec = float((~referred[~referable]).mean()) if (~referable).any() else float("nan")
-    return {
-        "metric_name": "qwk",
-        "metric": qwk,
-        "qwk": qwk,
-        "accuracy": acc,
-        "referral_sensitivity": sens,
-        "referral_specificity": spec,
-    }
+        out["metric"] = out["mean_auroc"] = _finite(out["mean_auroc"])
+    return out
 
 
 def fit_thresholds(

@@ -1,52 +1,85 @@
-"""Inference backends behind one small interface, imported only when asked for.
+"""Inference backends behind one interface, registered by name and imported only when asked for.
 
-A backend turns one preprocessed NCHW float32 batch into the model's named outputs.
-The registry maps a name to "module:class" so that a missing TensorRT costs nothing
-until it is requested, and then fails with a message naming the install step.
+A backend turns one preprocessed NCHW float32 batch into the model's named outputs. Every
+backend is made the same way, `Class(bundle, card, precision, **options)`, chooses its own
+file from the bundle (runtime/artifacts.py) and exposes `name`, `device`, `artifact`,
+`infer` and `close`. `open_backend` is the one place that knows what `auto` means and
+which library each backend needs; adding a backend is one REGISTRY row and its module.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..card import ModelCard
 from ..errors import BackendUnavailable
 
 
 @runtime_checkable
 class Backend(Protocol):
     name: str
-    device: str  # e.g. "cpu", "cuda:0"
+    device: str  # e.g. "cpu", "cuda:0", "cuda:0+dla0"
+    artifact: str  # the file it runs, relative to the bundle
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
 
 
-_REGISTRY: dict[str, str] = {
-    "onnxruntime": "edgescreen.runtime.backends.ort:OrtBackend",
-    "tensorrt": "edgescreen.runtime.backends.trt:TrtBackend",
-}
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    entry: str  # "module:Class", imported when the backend is opened
+    library: str  # the package whose presence makes the backend available
+    install_hint: str
 
-INSTALL_HINTS = {
-    "onnxruntime": "pip install 'edgescreen[runtime]' (or onnxruntime-gpu on a CUDA host)",
-    "tensorrt": "on a Jetson: sudo apt install python3-libnvinfer python3-pycuda (JetPack 6); "
-    "on a GPU host: pip install tensorrt pycuda",
+
+REGISTRY: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec(
+            "onnxruntime",
+            "edgescreen.runtime.backends.ort:OrtBackend",
+            "onnxruntime",
+            "pip install 'edgescreen[runtime]' (or onnxruntime-gpu on a CUDA host)",
+        ),
+        BackendSpec(
+            "tensorrt",
+            "edgescreen.runtime.backends.trt:TrtBackend",
+            "tensorrt",
+            "on a Jetson: sudo apt install python3-libnvinfer python3-pycuda (JetPack 6); "
+            "on a GPU host: pip install tensorrt pycuda",
+        ),
+    )
 }
+# What `auto` tries, best first. A backend class decides with `can_open` whether it has
+# something to run for this bundle and precision (TensorRT: an engine built on this device).
+AUTO_ORDER = ("tensorrt", "onnxruntime")
 
 
 def backend_names() -> list[str]:
-    return list(_REGISTRY)
+    return list(REGISTRY)
 
 
-def load_backend(name: str, model_path: str | Path, **options: Any) -> Backend:
-    if name not in _REGISTRY:
-        raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(_REGISTRY)}")
-    module_name, cls_name = _REGISTRY[name].split(":")
+def is_available(name: str) -> bool:
+    """True when the backend's library is installed; cheap (nothing is imported)."""
+    return importlib.util.find_spec(REGISTRY[name].library) is not None
+
+
+def _backend_class(name: str) -> type:
+    if name not in REGISTRY:
+        raise BackendUnavailable(
+            f"unknown backend {name!r}; choose one of {', '.join(REGISTRY)} or auto"
+        )
+    spec = REGISTRY[name]
+    module_name, cls_name = spec.entry.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -55,30 +88,51 @@ def load_backend(name: str, model_path: str | Path, **options: Any) -> Backend:
                 f"the {name} backend is not part of this edgescreen build"
             ) from None
         raise BackendUnavailable(
-            f"the {name} backend needs {exc.name}: {INSTALL_HINTS[name]}"
+            f"the {name} backend needs {exc.name}: {spec.install_hint}"
         ) from None
-    return getattr(module, cls_name)(model_path, **options)
+    return getattr(module, cls_name)
 
 
-def is_available(name: str) -> bool:
-    """True when the backend's library imports; cheap enough for auto-selection."""
-    lib = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}[name]
-    return importlib.util.find_spec(lib) is not None
+def resolve(name: str, bundle: str | Path, card: ModelCard, precision: str) -> str:
+    """The backend `name` stands for: itself, or for `auto` the first in AUTO_ORDER that can run.
 
-
-def resolve_backend(name: str, bundle: str | Path | None = None, precision: str = "fp32") -> str:
-    """'auto' -> a TensorRT engine already built for this device, else ONNX Runtime.
-
-    ONNX Runtime itself prefers its CUDA provider when present. TensorRT is chosen only
-    when an engine exists: building one takes minutes and is never started by a screen.
+    TensorRT is chosen only when an engine for this device exists: a build takes minutes
+    and is never started by a screen.
     """
     if name != "auto":
         return name
-    if bundle is not None and is_available("tensorrt"):
-        from .trt import engine_available
+    for candidate in AUTO_ORDER:
+        if is_available(candidate) and _backend_class(candidate).can_open(bundle, card, precision):
+            return candidate
+    raise BackendUnavailable(
+        f"no inference backend is installed: {REGISTRY['onnxruntime'].install_hint}"
+    )
 
-        if engine_available(bundle, precision):
-            return "tensorrt"
-    if is_available("onnxruntime"):
-        return "onnxruntime"
-    raise BackendUnavailable(f"no inference backend is installed: {INSTALL_HINTS['onnxruntime']}")
+
+def open_backend(
+    bundle: str | Path,
+    card: ModelCard,
+    precision: str,
+    backend: str = "auto",
+    **options: Any,
+) -> Backend:
+    """Open `backend` (or the best for `auto`) on the bundle's model for `precision`.
+
+    Options common to every backend: `verify` (check the sha256 of the file about to run,
+    default True). ONNX Runtime: `threads`, `device` (auto | cpu | cuda), `target` (force an
+    INT8 form), `unfused_qdq`. TensorRT: `dla_core`, `device_ordinal`, `engine`.
+    """
+    name = resolve(backend, bundle, card, precision)
+    return _backend_class(name)(Path(bundle), card, precision, **options)
+
+
+def infer_in_batches(
+    backend: Backend, inputs: np.ndarray, batch_size: int
+) -> dict[str, np.ndarray]:
+    """Outputs for any number of inputs, `batch_size` at a time (memory stays bounded)."""
+    parts: list[Mapping[str, np.ndarray]] = [
+        backend.infer(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)
+    ]
+    if not parts:
+        return {}
+    return {k: np.concatenate([np.asarray(p[k], np.float32) for p in parts]) for k in parts[0]}

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import choose_artifact
+from ..card import ModelCard, verify_artifacts
 from ..errors import BackendUnavailable
 
 try:
@@ -19,32 +21,59 @@ except ImportError:  # pragma: no cover - exercised only where onnxruntime is ab
 class OrtBackend:
     name = "onnxruntime"
 
+    @classmethod
+    def can_open(cls, bundle: str | Path, card: ModelCard, precision: str) -> bool:
+        return True  # every bundle ships ONNX; a missing precision is reported when opened
+
     def __init__(
-        self, model_path: str | Path, *, threads: int | None = None, device: str = "auto"
+        self,
+        bundle: Path,
+        card: ModelCard,
+        precision: str,
+        *,
+        threads: int | None = None,
+        device: str = "auto",
+        target: str | None = None,
+        unfused_qdq: bool = False,
+        verify: bool = True,
     ) -> None:
+        """`unfused_qdq` runs Q/DQ nodes as written (quantize, dequantize, float op) instead
+        of fusing them into ORT's x86 integer kernels, whose int16 intermediate saturation
+        adds error TensorRT does not have: it is how the TensorRT-form INT8 file is judged
+        on a CPU."""
+        available = ort.get_available_providers()
+        cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        if device == "cuda" and not cuda:
+            raise BackendUnavailable(
+                "device 'cuda' asked for, but this onnxruntime has no CUDA "
+                "provider: pip install onnxruntime-gpu"
+            )
+        # The device decides the INT8 form, so it is known before the file is chosen.
+        key, artifact = choose_artifact(
+            card, precision, backend=self.name, device="cuda" if cuda else "cpu", target=target
+        )
+        if verify:  # only the file about to run: hashing every artifact costs seconds on a Jetson
+            verify_artifacts(bundle, card, only=[key])
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if unfused_qdq
+            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         options.log_severity_level = (
             3  # errors only: ORT's optimizer warnings are not for technicians
         )
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        available = ort.get_available_providers()
-        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
-        if device == "cuda" and not want_cuda:
-            raise BackendUnavailable(
-                "device 'cuda' asked for, but this onnxruntime has no CUDA "
-                "provider: pip install onnxruntime-gpu"
-            )
         providers = (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            if want_cuda
-            else ["CPUExecutionProvider"]
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         )
         self.session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=providers
+            str(bundle / artifact.file), sess_options=options, providers=providers
         )
+        self.artifact = artifact.file
+        self.precision = precision
         self.device = (
             "cuda:0" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         )
@@ -58,3 +87,9 @@ class OrtBackend:
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+    def __enter__(self) -> OrtBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

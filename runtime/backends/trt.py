@@ -5,12 +5,9 @@ samples/python/common_runtime.py: deserialize the plan, allocate page-locked hos
 device buffers once for the profile's largest batch, bind them with set_tensor_address,
 and per call set the input shape, copy in, execute_async_v3, copy out, synchronize.
 
-`model_path` may be
-- a bundle directory: the engine for `precision` on this device is looked up in
-  bundle/engines/ (built there by `edgescreen engine build`, never by the runtime);
-- an ONNX file of a bundle (what the Screener passes): same, with the precision read
-  from the card's entry for that file;
-- an engine file: loaded only if its sidecar key matches this device and bundle.
+The engine for the precision on this device is looked up in bundle/engines/ (built there
+by `edgescreen engine build`, never by the runtime); `engine=` names one file instead,
+loaded only if its sidecar key matches this device and bundle.
 
 tensorrt and pycuda are imported when a backend is made, never at module import, so
 `engine_available()` and the registry cost nothing where they are missing.
@@ -24,17 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from ..card import CARD_FILE, load_card
+from ..card import ModelCard
 from ..engine_cache import (
     DeviceInfo,
-    Lookup,
+    EngineKey,
     StaleEngine,
     check_engine,
-    current_device,
     default_quantization,
     find_engine,
     make_key,
-    read_sidecar,
 )
 from ..errors import BackendUnavailable, EdgescreenError
 from . import cuda_mem
@@ -66,9 +61,35 @@ def _logger(trt: Any) -> Any:
 _TRT_LOGGER: Any = None
 
 
-# -- engine discovery ----------------------------------------------------------------------
+# -- this device and its engines ----------------------------------------------------------------
+def current_device(trt: Any = None, ordinal: int = 0) -> DeviceInfo:
+    """DeviceInfo of GPU `ordinal` from TensorRT and pycuda; BackendUnavailable when they are missing."""
+    trt = trt or import_tensorrt()
+    props = cuda_mem.device_properties(ordinal)
+    return DeviceInfo(
+        gpu_name=props.name,
+        compute_capability=props.compute_capability,
+        trt_version=str(trt.__version__),
+        sm_count=props.sm_count,
+    )
+
+
+def engine_key(
+    card: ModelCard, precision: str, device: DeviceInfo, dla_core: int | None = None
+) -> EngineKey:
+    """The cache key of the engine this device needs for the card's model and precision."""
+    return make_key(
+        card,
+        precision,
+        device,
+        dla_core=dla_core,
+        quantization=default_quantization(device.trt_version, precision),
+    )
+
+
 def engine_available(
     bundle: str | Path,
+    card: ModelCard,
     precision: str,
     *,
     device: DeviceInfo | None = None,
@@ -80,63 +101,22 @@ def engine_available(
     auto-selection. False where TensorRT or pycuda is missing.
     """
     try:
-        key = _engine_key(bundle, precision, device or current_device(), dla_core)
+        key = engine_key(card, precision, device or current_device(), dla_core)
         return find_engine(bundle, key, verify_hash=False).found
     except (EdgescreenError, OSError, ValueError):
         return False
 
 
-def _resolve(model_path: Path, precision: str | None) -> tuple[Path, str | None, Path | None]:
-    """(bundle, precision, explicit engine file or None) from what the caller passed."""
-    if model_path.is_dir():
-        return model_path, precision, None
-    if model_path.suffix in (".engine", ".plan", ".trt"):
-        bundle = (
-            model_path.parent.parent if model_path.parent.name == "engines" else model_path.parent
-        )
-        return bundle, precision, model_path
-    if model_path.suffix == ".onnx" and (model_path.parent / CARD_FILE).is_file():
-        bundle = model_path.parent
-        if precision is None:
-            card = load_card(bundle)
-            entry = next((a for a in card.artifacts.values() if a.file == model_path.name), None)
-            precision = entry.precision if entry is not None else None
-        return bundle, precision, None
-    raise BackendUnavailable(
-        f"{model_path}: the tensorrt backend runs a bundle's engine; pass the bundle "
-        "directory, one of its ONNX files, or an engine file from bundle/engines"
-    )
-
-
-def _engine_key(bundle: Path, precision: str, device: DeviceInfo, dla_core: int | None):
-    """The cache key of the engine this device needs for the bundle's model and precision."""
-    return make_key(
-        load_card(bundle),
-        precision,
-        device,
-        dla_core=dla_core,
-        quantization=default_quantization(device.trt_version, precision),
-    )
-
-
-def locate_engine(
-    bundle: Path,
-    precision: str,
-    *,
-    dla_core: int | None = None,
-    device: DeviceInfo | None = None,
-) -> Path:
-    """The engine to load: the cached one for this device, else refuse naming the build command."""
-    found: Lookup = find_engine(
-        bundle, _engine_key(bundle, precision, device or current_device(), dla_core)
-    )
+def locate_engine(bundle: Path, key: EngineKey) -> Path:
+    """The engine to load: the cached one for this key, else refuse naming the build command."""
+    found = find_engine(bundle, key)
     if found.path is not None:
         return found.path
     # The runtime never builds: a build takes minutes on a Jetson and lives in edgescreen.export
-    # (DESIGN.md: the runtime imports nothing of ours). jetson/build-and-selftest.sh builds them.
+    # (the runtime imports nothing of ours: README, Layout). jetson/build-and-selftest.sh builds them.
     raise StaleEngine(
         f"{found.explain()}; build one on this device with `edgescreen engine build {bundle} "
-        f"--precision {precision}`"
+        f"--precision {key.precision}`"
     )
 
 
@@ -144,14 +124,22 @@ def locate_engine(
 class TrtBackend:
     name = "tensorrt"
 
+    @classmethod
+    def can_open(cls, bundle: str | Path, card: ModelCard, precision: str) -> bool:
+        return engine_available(bundle, card, precision)
+
     def __init__(
         self,
-        model_path: str | Path,
+        bundle: Path,
+        card: ModelCard,
+        precision: str,
         *,
-        precision: str | None = None,
         dla_core: int | None = None,
         device_ordinal: int = 0,
-        **_ignored: Any,
+        engine: str | Path | None = None,
+        threads: int
+        | None = None,  # accepted for a uniform call; TensorRT schedules its own kernels
+        verify: bool = True,
     ) -> None:
         trt = import_tensorrt()
         self._trt = trt
@@ -159,30 +147,18 @@ class TrtBackend:
         self._stream = None
         self.context = self.engine = self._runtime = None
         self._cuda_ctx = cuda_mem.CudaContext(device_ordinal)
-        bundle, precision, engine_file = _resolve(Path(model_path), precision)
-        precision = precision or "fp16"
         with self._cuda_ctx:
-            info = current_device(trt)
-            if engine_file is not None:
-                card = load_card(bundle)
-                key = make_key(
-                    card,
-                    precision,
-                    info,
-                    dla_core=dla_core,
-                    quantization=default_quantization(info.trt_version, precision),
-                )
+            key = engine_key(card, precision, current_device(trt, device_ordinal), dla_core)
+            if engine is not None:
                 # Refuse another model's, device's or TensorRT's plan before TensorRT touches it.
-                check_engine(engine_file, key)
-                plan = engine_file
+                plan = Path(engine)
+                check_engine(plan, key, verify_hash=verify)
             else:
-                plan = locate_engine(
-                    bundle,
-                    precision,
-                    dla_core=dla_core,
-                    device=info,
-                )
+                plan = locate_engine(bundle, key)
             self.engine_path = plan
+            self.artifact = (
+                str(plan.relative_to(bundle)) if plan.is_relative_to(bundle) else str(plan)
+            )
             self.precision = precision
             self.device = f"cuda:{device_ordinal}" + (
                 f"+dla{dla_core}" if dla_core is not None else ""
@@ -313,13 +289,3 @@ class TrtBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def describe(self) -> dict[str, Any]:
-        sidecar = read_sidecar(self.engine_path)
-        return {
-            "engine": str(self.engine_path),
-            "precision": self.precision,
-            "device": self.device,
-            "batch": [self.min_batch, self.max_batch],
-            "key": sidecar.get("key"),
-        }

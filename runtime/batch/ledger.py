@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS items (
     notes TEXT,
     result_json TEXT,                  -- the full ScreeningResult
     heatmap_png BLOB,                  -- small uint8 heatmap for the report
+    thumb_jpeg BLOB,                   -- the report's photo, made when it was screened
     bundle_sha256 TEXT,
     precision TEXT,
     timings_json TEXT,
@@ -78,6 +79,7 @@ class Item:
     result: dict[str, Any] | None
     heatmap_png: bytes | None
     paths: list[str]
+    thumb_jpeg: bytes | None = None
 
 
 def create_private(path: Path) -> None:
@@ -126,11 +128,23 @@ class Ledger:
                     f"{self.path}: not an edgescreen batch ledger "
                     f"(schema_version {version!r}, expected {SCHEMA_VERSION})"
                 )
+            self._add_column("thumb_jpeg", "BLOB")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(
                 f"{self.path}: the ledger database is corrupt or not a ledger ({exc}); "
                 "move it aside and rerun (nothing was screened)"
             ) from None
+
+    def _add_column(self, name: str, kind: str) -> None:
+        """A nullable column newer than the ledger: added in place, so old ledgers stay usable."""
+        if name in self._columns():
+            return
+        with self.tx():  # re-checked under the write lock: another process may have just added it
+            if name not in self._columns():
+                self.db.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
 
     # -- plumbing --------------------------------------------------------------------------
     def tx(self):
@@ -248,12 +262,12 @@ class Ledger:
 
     # -- screening side --------------------------------------------------------------------
     def pending(self) -> list[tuple[int, str, str | None, list[tuple[str, tuple | None]]]]:
-        """(id, first path, format, [(path, signature)]) of every pending item, oldest first."""
+        """(id, first path, sha256, [(path, signature)]) of every pending item, oldest first."""
         items = self.db.execute(
-            "SELECT id, path, format FROM items WHERE state = 'pending' ORDER BY id"
+            "SELECT id, path, sha256 FROM items WHERE state = 'pending' ORDER BY id"
         ).fetchall()
         out = []
-        for item_id, path, fmt in items:
+        for item_id, path, sha256 in items:
             rows = self.db.execute(
                 "SELECT path, size, mtime_ns, ino FROM paths WHERE item_id = ? ORDER BY path",
                 (item_id,),
@@ -262,7 +276,7 @@ class Ledger:
                 (
                     item_id,
                     path,
-                    fmt,
+                    sha256,
                     [(p, (s, m, i) if s is not None else None) for p, s, m, i in rows],
                 )
             )
@@ -281,19 +295,22 @@ class Ledger:
         precision: str | None,
         timings: dict | None,
         notes: str | None = None,
+        thumb_jpeg: bytes | None = None,
     ) -> None:
         assert state in STATES[1:]
         with self.tx():
             self.db.execute(
                 "UPDATE items SET state = ?, result_json = ?, decision = ?, error = ?, heatmap_png = ?, "
-                "bundle_sha256 = ?, precision = ?, timings_json = ?, notes = COALESCE(?, notes), "
-                "attempts = attempts + 1, finished_at = ? WHERE id = ? AND state = 'pending'",
+                "thumb_jpeg = ?, bundle_sha256 = ?, precision = ?, timings_json = ?, "
+                "notes = COALESCE(?, notes), attempts = attempts + 1, finished_at = ? "
+                "WHERE id = ? AND state = 'pending'",
                 (
                     state,
                     result_json,
                     decision,
                     error,
                     heatmap_png,
+                    thumb_jpeg,
                     bundle_sha256,
                     precision,
                     json.dumps(timings, sort_keys=True) if timings is not None else None,
@@ -323,10 +340,10 @@ class Ledger:
         for p, item_id in self.db.execute("SELECT path, item_id FROM paths ORDER BY path"):
             paths.setdefault(item_id, []).append(p)
         for row in self.db.execute(
-            "SELECT id, key, sha256, path, format, state, decision, error, notes, result_json, heatmap_png "
-            "FROM items ORDER BY path, id"
+            "SELECT id, key, sha256, path, format, state, decision, error, notes, result_json, "
+            "heatmap_png, thumb_jpeg FROM items ORDER BY path, id"
         ):
-            item_id, key, sha, path, fmt, state, decision, error, notes, rj, heat = row
+            item_id, key, sha, path, fmt, state, decision, error, notes, rj, heat, thumb = row
             yield Item(
                 item_id,
                 key,
@@ -340,6 +357,7 @@ class Ledger:
                 json.loads(rj) if rj else None,
                 heat,
                 paths.get(item_id, [path]),
+                thumb,
             )
 
 

@@ -1,10 +1,12 @@
 """Screen a folder of uploads into the ledger: discover -> ingest (hash) -> screen -> commit.
 
 A pass discovers files, hashes the new or changed ones into the ledger (new content is
-`pending`, a known content gets one more path), then screens every pending item through
-Screener.screen_many (its thread pool decodes and preprocesses while ONNX Runtime runs
-the previous batch) and commits each result in its own transaction. A one-shot run
-repeats passes until nothing changes; --watch keeps polling until SIGINT/SIGTERM.
+`pending`, a known content gets one more path), then screens every pending item and
+commits each result in its own transaction. Screening reads each file once: a small pool
+reads, checks the bytes still hash to the item, decodes them (imageio.decode) and makes
+the report's thumbnail, a few files ahead; Screener.screen_many prepares the decoded
+image while ONNX Runtime runs the previous batch. A one-shot run repeats passes until
+nothing changes; --watch keeps polling until SIGINT/SIGTERM.
 
 Resuming is just running again: done rows are never redone, pending rows (from a crash)
 are screened again, and screening is deterministic for a content and bundle.
@@ -17,8 +19,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +29,13 @@ import cv2
 import numpy as np
 
 from ..errors import ImageError
+from ..imageio import Decoded, decode, read_file
+from ..prepare import failure
 from ..results import ScreeningResult
 from ..screen import Screener
 from .discover import Found, Stability, discover
 from .ledger import Ledger
+from .report import thumbnail_jpeg
 from .sniff import Sniffed, pixel_limit_problem, sniff
 
 CRASH_ENV = "EDGESCREEN_BATCH_CRASH_AT"  # tests: SIGKILL ourselves at the k-th crash point
@@ -230,15 +236,7 @@ def _ingest(
 
 
 def _failed(screener: Screener, name: str, error: str) -> ScreeningResult:
-    return ScreeningResult(
-        image=name,
-        status="failed",
-        task=screener.card.task,
-        decision="failed",
-        action=f"could not screen this image, check the file and retake: {error}",
-        error=error,
-        audit=dict(screener.audit),
-    )
+    return ScreeningResult.failed(name, error, task=screener.card.task, audit=screener.audit)
 
 
 # -- screening ---------------------------------------------------------------------------------
@@ -256,41 +254,81 @@ def _screen_pending(
     if not pending or stop.is_set():
         return 0
     progress.pending(len(pending))
-    files, dicoms = [], []
-    for item_id, first, fmt, paths in pending:
+    entries = []
+    for item_id, first, sha256, paths in pending:
         verified = [(p, sig) for p, sig in paths if sig is not None]
         if not verified:  # every path changed since it was hashed: that content is gone
             error = str(ImageError(first, "the file changed or was deleted before it was screened"))
             _commit(ledger, screener, item_id, _failed(screener, first, error), stats, progress)
             continue
-        chosen = next(((p, s) for p, s in verified if p == first), verified[0])
-        (dicoms if fmt == "dicom" else files).append((item_id, *chosen))
+        rel, signature = next(((p, s) for p, s in verified if p == first), verified[0])
+        entries.append((item_id, rel, signature, sha256))
     start = time.perf_counter()
-    done = 0
     try:
         crash("before-screen")
-        done += _run(
-            ledger,
-            screener,
-            in_dir,
-            files,
-            [str(in_dir / p) for _, p, _ in files],
-            opts,
-            stats,
-            progress,
-            stop,
-        )
-        for i in range(0, len(dicoms), opts.batch_size):  # decoded here: bounded chunks
-            if stop.is_set():
-                break
-            chunk = dicoms[i : i + opts.batch_size]
-            images = [
-                _load_dicom(in_dir / p, p, screener.card.input.max_pixels) for _, p, _ in chunk
-            ]
-            done += _run(ledger, screener, in_dir, chunk, images, opts, stats, progress, stop)
+        return _run(ledger, screener, in_dir, entries, opts, stats, progress, stop)
     finally:
         stats.screening_s += time.perf_counter() - start
-    return done
+
+
+@dataclass
+class _Loaded:
+    """A pending file, read and decoded once: the decoded image goes to the Screener and,
+    shrunk, into the ledger as the report's photo."""
+
+    item_id: int
+    rel: str
+    decoded: Decoded | None = None  # handed to the Screener, then dropped here
+    thumb: bytes | None = None
+    decode_ms: float = 0.0
+    error: str | None = None  # unreadable or undecodable: committed as failed, not screened
+    changed: bool = False  # not the content that was hashed: hashed again, nothing committed
+
+    @property
+    def screened(self) -> bool:
+        return self.error is None and not self.changed
+
+
+def _load(
+    in_dir: Path,
+    item_id: int,
+    rel: str,
+    signature: tuple[int, int, int],
+    sha256: str,
+    max_pixels: int | None,
+) -> _Loaded:
+    path = in_dir / rel
+    try:
+        data = read_file(path)
+    except ImageError as exc:
+        if _signature(path) != signature:  # deleted or replaced since it was hashed
+            return _Loaded(item_id, rel, changed=True)
+        return _Loaded(item_id, rel, error=str(ImageError(rel, exc.problem)))
+    # The bytes screened must be the content the ledger item is (its key is their sha256).
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return _Loaded(item_id, rel, changed=True)
+    start = time.perf_counter()
+    try:
+        decoded = decode(data, name=rel, max_pixels=max_pixels)
+    except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch
+        return _Loaded(item_id, rel, error=failure(rel, exc))
+    decode_ms = round((time.perf_counter() - start) * 1000, 3)
+    try:
+        thumb = thumbnail_jpeg(decoded.image)
+    except Exception:  # noqa: BLE001 - the report's photo is optional
+        thumb = None
+    return _Loaded(item_id, rel, decoded, thumb, decode_ms)
+
+
+def _ahead(pool: ThreadPoolExecutor, fn: Callable, items, window: int) -> Iterator:
+    """pool.map, but at most `window` items ahead of the consumer (decoded images are big)."""
+    futures: deque[Future] = deque()
+    for item in items:
+        futures.append(pool.submit(fn, *item))
+        if len(futures) >= window:
+            yield futures.popleft().result()
+    while futures:
+        yield futures.popleft().result()
 
 
 def _run(
@@ -298,7 +336,6 @@ def _run(
     screener: Screener,
     in_dir: Path,
     entries,
-    images,
     opts: BatchOptions,
     stats: RunStats,
     progress: Progress,
@@ -306,48 +343,45 @@ def _run(
 ) -> int:
     if not entries:
         return 0
-    done = 0
-    names = [p for _, p, _ in entries]
-    # A DICOM that failed to decode is an ImageError: the screener gets a placeholder whose
-    # result is replaced, so results still come back in input order.
-    feed, notes, errors = [], {}, {}
-    for i, x in enumerate(images):
-        if isinstance(x, ImageError):
-            errors[i] = x
-            feed.append(np.zeros((1, 1), np.uint8))
-        elif isinstance(x, tuple):
-            feed.append(x[0])
-            notes[i] = x[1]
+    max_pixels = screener.card.input.max_pixels
+    loaded: deque[_Loaded] = deque()  # read, in input order, not settled yet
+
+    def feed(loads: Iterator[_Loaded]) -> Iterator[Decoded]:
+        for item in loads:
+            loaded.append(item)
+            if item.screened:
+                decoded, item.decoded = item.decoded, None  # the Screener holds it from here
+                yield decoded
+
+    def settle(item: _Loaded, result: ScreeningResult | None) -> int:
+        if item.changed:  # hash it again on the next pass and screen what it holds then
+            ledger.forget_signature(item.rel)
+            return 0
+        if result is None:
+            result = _failed(screener, item.rel, item.error or "")
         else:
-            feed.append(x)
-    results = screener.screen_many(feed, names=names, batch_size=opts.batch_size)
-    try:
-        for i, ((item_id, rel, signature), result) in enumerate(zip(entries, results, strict=True)):
-            if i in errors:
-                result = _failed(screener, rel, str(errors[i]))
-            if _signature(in_dir / rel) != signature:  # changed while we read it: hash it again
-                ledger.forget_signature(rel)
+            result.timings_ms["decode"] = item.decode_ms  # decoded here, not in the Screener
+        thumb = item.thumb if result.status != "failed" else None
+        _commit(ledger, screener, item.item_id, result, stats, progress, result.notes, thumb)
+        return 1
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="read") as pool:
+        loads = _ahead(pool, _load, [(in_dir, *e, max_pixels) for e in entries], 2 * opts.workers)
+        results = screener.screen_many(feed(loads), batch_size=opts.batch_size)
+        try:
+            for result in results:  # in input order: settle the unscreened files before it first
+                while not loaded[0].screened:
+                    done += settle(loaded.popleft(), None)
+                done += settle(loaded.popleft(), result)
+                if stop.is_set():
+                    break
             else:
-                _commit(ledger, screener, item_id, result, stats, progress, notes.get(i))
-                done += 1
-            if stop.is_set():
-                break
-    finally:
-        results.close()  # on stop: waits for the few images already being prepared, then drops them
+                while loaded:  # unscreened files after the last screened one
+                    done += settle(loaded.popleft(), None)
+        finally:
+            results.close()  # on stop: waits for the few images already being prepared, then drops them
     return done
-
-
-def _load_dicom(path: Path, rel: str, max_pixels: int | None):
-    from .dicom import decode_dicom
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return ImageError(rel, f"cannot read ({exc.strerror or exc})")
-    try:
-        return decode_dicom(data, rel, max_pixels=max_pixels)
-    except ImageError as exc:
-        return exc
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -366,6 +400,7 @@ def _commit(
     stats: RunStats,
     progress: Progress,
     notes: str | None = None,
+    thumb_jpeg: bytes | None = None,
 ) -> None:
     state = {"ok": "done", "ungradable": "ungradable"}.get(result.status, "failed")
     ledger.finish(
@@ -379,6 +414,7 @@ def _commit(
         precision=screener.precision,
         timings=result.timings_ms,
         notes=notes,
+        thumb_jpeg=thumb_jpeg,
     )
     stats.screened += 1
     stats.finished[state] += 1

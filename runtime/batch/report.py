@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 
 from ..card import atomic_write
+from ..errors import ImageError
+from ..imageio import decode, read_file
 from .ledger import Item, Ledger
 from .patients import Patient, group
-from .sniff import pixel_limit_problem, sniff
 
 THUMB_SIDE = 160
 _FILTERS = ("urgent", "refer", "routine", "rescreen", "none", "ungradable", "failed", "pending")
@@ -177,64 +178,56 @@ def write_csv(ledger: Ledger, root: Path, target: Path, *, key: bytes | None = N
 
 
 # -- HTML --------------------------------------------------------------------------------------
+def thumbnail_jpeg(image: np.ndarray) -> bytes | None:
+    """The report's photo of a decoded image (imageio's RGB / grey convention), as a small JPEG.
+
+    Made once, when the image is screened, from the array the screening decoded, and kept in
+    the ledger, so the report needs neither the upload nor another decode of it.
+    """
+    small = _fit(image, THUMB_SIDE)
+    if small.dtype != np.uint8:  # 16-bit grey (X-rays): the top byte is plenty for a thumbnail
+        small = (small >> 8).astype(np.uint8)
+    if small.ndim == 3:
+        small = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return buf.tobytes() if ok else None
+
+
 def _thumbs(
     root: Path, item: Item, crop_to_disc: bool, max_pixels: int | None
 ) -> tuple[str | None, str | None]:
-    """(photo, heatmap overlay) as data: URIs; None where the file is gone or unreadable."""
+    """(photo, heatmap overlay) as data: URIs; None where there is no picture to show."""
     if item.state not in ("done", "ungradable"):
         return None, None  # failed files may be corrupt or hostile: never decode them here
-    image = None
-    for rel in [item.path, *item.paths]:
-        try:
-            data = (root / rel).read_bytes()
-        except OSError:
-            continue
-        image = _decode_small(data, rel, max_pixels)
-        if image is not None:
-            break
-    if image is None:
+    jpeg = item.thumb_jpeg or _thumb_from_upload(root, item, max_pixels)
+    if jpeg is None:
         return None, None
-    photo = _jpeg(_fit(image, THUMB_SIDE))
     heat = None
     if item.heatmap_png is not None:
+        picture = decode(jpeg, name="thumbnail").image  # our own small JPEG
+        picture = cv2.cvtColor(
+            picture, cv2.COLOR_RGB2BGR if picture.ndim == 3 else cv2.COLOR_GRAY2BGR
+        )
         m = (item.result or {}).get("quality", {}).get("measurements", {})
-        heat = _jpeg(_overlay(image, item.heatmap_png, m, crop_to_disc))
-    return photo, heat
+        heat = _jpeg(_overlay(picture, item.heatmap_png, m, crop_to_disc))
+    return _data_uri(jpeg), heat
 
 
-def _decode_small(data: bytes, rel: str, max_pixels: int | None) -> np.ndarray | None:
-    """A BGR uint8 picture at reduced size (JPEG decodes at 1/2-1/8 scale for speed)."""
-    sn = sniff(data, dicom_by_name=rel.lower().endswith(".dcm"))
-    if sn.format is None or pixel_limit_problem(sn, max_pixels):
-        return None
-    if sn.format == "dicom":
-        from .dicom import decode_dicom
-
+def _thumb_from_upload(root: Path, item: Item, max_pixels: int | None) -> bytes | None:
+    """A ledger row from before thumbnails were stored: read the upload once, through the one
+    decoder, and only if it still holds the content that was screened."""
+    for rel in dict.fromkeys([item.path, *item.paths]):
         try:
-            arr, _ = decode_dicom(data, rel, max_pixels=max_pixels)
+            data = read_file(root / rel)
+        except ImageError:
+            continue
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            continue  # replaced since: not the picture this row is about
+        try:
+            return thumbnail_jpeg(decode(data, name=rel, max_pixels=max_pixels).image)
         except Exception:  # noqa: BLE001 - a thumbnail is optional
-            return None
-        if arr.dtype != np.uint8:
-            arr = (arr >> 8).astype(np.uint8)
-        return (
-            cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
-            if arr.ndim == 2
-            else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-        )
-    flags = cv2.IMREAD_COLOR
-    if sn.format == "jpeg" and sn.size is not None:
-        scale = max(sn.size) / THUMB_SIDE
-        flags = (
-            cv2.IMREAD_REDUCED_COLOR_8
-            if scale >= 8
-            else cv2.IMREAD_REDUCED_COLOR_4
-            if scale >= 4
-            else cv2.IMREAD_REDUCED_COLOR_2
-            if scale >= 2
-            else cv2.IMREAD_COLOR
-        )
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    return image
+            continue
+    return None
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -251,7 +244,7 @@ def _overlay(image: np.ndarray, heat_png: bytes, m: dict, crop_to_disc: bool) ->
     """The heatmap over the part of the photo the model saw (the disc square for fundus)."""
     h, w = image.shape[:2]
     if crop_to_disc and m.get("disc_found") and m.get("width"):
-        s = w / m["width"]  # the thumbnail may be decoded at reduced scale
+        s = w / m["width"]  # the thumbnail is smaller than the image the measurements are of
         cx, cy, r = (m["disc_cx"] + 0.5) * s, (m["disc_cy"] + 0.5) * s, m["disc_radius"] * s
         x0, y0, side = round(cx - r), round(cy - r), max(1, round(2 * r))
         pads = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
@@ -267,7 +260,11 @@ def _overlay(image: np.ndarray, heat_png: bytes, m: dict, crop_to_disc: bool) ->
 
 def _jpeg(image: np.ndarray) -> str:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 75])
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return _data_uri(buf.tobytes())
+
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 _CSS = """

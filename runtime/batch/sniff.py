@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..imageio import header_size
+from ..imageio import header_size, is_dicom
 
 FORMATS = ("jpeg", "png", "tiff", "bmp", "gif", "dicom")
 _MAX_PAGES = 4096  # stop walking an IFD/frame chain past this (loops, hostile files)
@@ -39,7 +39,7 @@ def sniff(data: bytes, *, dicom_by_name: bool = False) -> Sniffed:
         return Sniffed("bmp", (abs(width), abs(height)))
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return _gif(data)
-    if data[128:132] == b"DICM" or dicom_by_name:  # some .dcm files have no preamble
+    if is_dicom(data) or dicom_by_name:
         return Sniffed("dicom")
     head = data[:512]
     if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):

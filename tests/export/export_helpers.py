@@ -83,13 +83,14 @@ def spread_cutpoints(ckpt: Path, data_spec: str) -> None:
     `data_spec`, so its decisions vary between images (a flat model never flips)."""
     import numpy as np
 
-    from edgescreen.export.data import prepare_batch, resolve
+    from edgescreen.export.data import resolve, sources_of
     from edgescreen.runtime.card import ModelCard
+    from edgescreen.runtime.prepare import prepare_batch
     from edgescreen.train.checkpoint import load_trained
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     trained = load_trained(ckpt)
-    x = prepare_batch(resolve(data_spec, what="eval").samples, trained.card)
+    x = prepare_batch(sources_of(resolve(data_spec, what="eval").samples), trained.card)
     with torch.no_grad():
         values = trained.model(torch.from_numpy(x))["grade_value"].numpy()
     cuts = tuple(float(c) for c in np.quantile(values, [0.2, 0.4, 0.6, 0.8]))
@@ -120,3 +121,25 @@ def export_tiny_bundle(root: Path, family: str = "multitask") -> tuple[Path, Pat
         progress=False,
     )
     return ckpt, root / "bundle"
+
+
+def qdq_summary(path: str | Path) -> dict:
+    """Counts of Q/DQ nodes and the activation scales (name -> scale), for tests and reports."""
+    import numpy as np
+    import onnx
+    import onnx.numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    scales = {n.input[0]: float(np.ravel(inits[n.input[1]])[0]) for n in q if n.input[1] in inits}
+    zero_types = sorted(
+        {str(inits[n.input[2]].dtype) for n in q if len(n.input) > 2 and n.input[2] in inits}
+    )
+    return {
+        "quantize": len(q),
+        "dequantize": len(dq),
+        "activation_scales": scales,
+        "zero_point_types": zero_types,
+    }

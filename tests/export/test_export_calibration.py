@@ -7,11 +7,16 @@ import shutil
 
 import numpy as np
 import pytest
-from export_helpers import export_cache, make_checkpoint, spread_cutpoints, synth_set  # noqa: F401 (fixture)
+from export_helpers import (  # noqa: F401 (fixture)
+    export_cache,
+    make_checkpoint,
+    qdq_summary,
+    spread_cutpoints,
+    synth_set,
+)
 
 from edgescreen.export import DriftGateError, export_bundle
 from edgescreen.export.calibration import CalibrationError, select
-from edgescreen.export.quantize import qdq_summary
 from edgescreen.runtime.card import load_card
 
 pytestmark = pytest.mark.usefixtures("export_cache")  # calibration cache private to the session

@@ -9,7 +9,7 @@ from export_helpers import FAMILIES, export_cache, make_checkpoint, synth_set  #
 
 from edgescreen.export import export_bundle
 from edgescreen.export.quantize import input_convs
-from edgescreen.export.verify import run_onnx
+from edgescreen.export.verify import run_shipped
 from edgescreen.runtime.card import load_card
 from edgescreen.runtime.screen import Screener
 
@@ -20,8 +20,9 @@ pytestmark = pytest.mark.usefixtures("export_cache")  # calibration cache privat
 def test_family_exports_and_screens_like_pytorch(family, tmp_path, tmp_path_factory):
     import torch
 
-    from edgescreen.export.data import prepare_batch, resolve
+    from edgescreen.export.data import resolve, sources_of
     from edgescreen.export.graph_crop import export_view
+    from edgescreen.runtime.prepare import prepare_batch
     from edgescreen.train.checkpoint import load_trained
 
     task = FAMILIES[family][0]
@@ -54,7 +55,7 @@ def test_family_exports_and_screens_like_pytorch(family, tmp_path, tmp_path_fact
 
     # FP32 bundle decisions == PyTorch decisions through the same postprocessing
     samples = resolve(evaluation, what="eval").samples
-    x = prepare_batch(samples, card)
+    x = prepare_batch(sources_of(samples), card)
     trained = load_trained(ckpt)
     with torch.no_grad():
         ref = export_view(trained.model)(torch.from_numpy(x))
@@ -76,7 +77,7 @@ def test_family_exports_and_screens_like_pytorch(family, tmp_path, tmp_path_fact
         model = onnx.load(str(bundle / card.artifacts[key].file))
         ops = {n.op_type for n in model.graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops, key
-        out = run_onnx(bundle / card.artifacts[key].file, x[:3], card.input.name)
+        out = run_shipped(bundle, card, "int8", x[:3], target=card.artifacts[key].target)
         assert all(np.isfinite(v).all() for v in out.values())
 
     # The TensorRT form keeps its input convs in float (symmetric S8 fits the image badly);

@@ -14,9 +14,9 @@ import types
 import numpy as np
 import pytest
 
+from edgescreen.export.cli import add_engine_command
 from edgescreen.export.trt import (
     BuildError,
-    add_engine_command,
     build_engine,
     calibration_batch_size,
     calibration_batches,

@@ -37,41 +37,43 @@ def _median_ms(fn, x: np.ndarray, repeat: int = 50) -> float:
 
 
 # precision -> (ONNX judged on the CPU, emulate Q/DQ, tolerance on max |error| / max |value|)
-CASES = {
-    "fp16": ("model.onnx", False, 3e-2),
+CASES = {  # engine precision -> (ONNX Runtime reference precision, INT8 form, unfused Q/DQ, tolerance)
+    "fp16": ("fp32", None, False, 3e-2),
     # TensorRT fuses Q/DQ into int8 kernels; the emulated graph rounds the same way but
     # accumulates in float: allow a few quantisation steps of the output range.
-    "int8": ("model.int8.onnx", True, 1.5e-1),
+    "int8": ("int8", "tensorrt", True, 1.5e-1),
 }
 
 
 @pytest.mark.parametrize("precision", sorted(CASES))
 def test_engine_matches_onnxruntime_and_passes_the_selftest(bundle, precision):
     from edgescreen.export.trt import build_engine
-    from edgescreen.export.verify import run_onnx
-    from edgescreen.runtime.backends import load_backend
+    from edgescreen.runtime.backends import open_backend
+    from edgescreen.runtime.backends.trt import current_device, engine_key
     from edgescreen.runtime.card import load_card
-    from edgescreen.runtime.engine_cache import check_engine, expected_key, read_sidecar
+    from edgescreen.runtime.engine_cache import check_engine, read_sidecar
     from edgescreen.runtime.golden import selftest
 
-    onnx_file, emulate, tol = CASES[precision]
+    ref_precision, target, unfused, tol = CASES[precision]
     card = load_card(bundle)
     start = time.perf_counter()
     plan = build_engine(bundle, precision, workspace_mb=512)
     build_s = time.perf_counter() - start
-    check_engine(plan, expected_key(bundle, precision))
+    check_engine(plan, engine_key(card, precision, current_device()))
     assert read_sidecar(plan)["key"]["quantization"] == "explicit"
 
     x = np.random.default_rng(0).normal(0, 1, (8, *card.input.shape)).astype(np.float32)
-    want = run_onnx(bundle / onnx_file, x, card.input.name, emulate_qdq=emulate)
-    with load_backend("tensorrt", bundle, precision=precision) as backend:
+    ort_backend = open_backend(
+        bundle, card, ref_precision, "onnxruntime", device="cpu", target=target, unfused_qdq=unfused
+    )
+    want = ort_backend.infer(x)
+    with open_backend(bundle, card, precision, "tensorrt") as backend:
         got = backend.infer(x)
         for o in card.outputs:
             scale = np.abs(want[o.name]).max() + 1e-6
             err = np.abs(got[o.name] - want[o.name]).max() / scale
             assert got[o.name].shape == want[o.name].shape and err < tol, (o.name, err)
         trt_ms = _median_ms(backend.infer, x[:1])
-    ort_backend = load_backend("onnxruntime", bundle / onnx_file, device="cpu")
     ort_ms = _median_ms(ort_backend.infer, x[:1])
     ort_backend.close()
     print(

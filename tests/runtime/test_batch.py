@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import builtins
 import csv
 import html.parser
+import io
 import json
 import os
 import shutil
 import socket
 import sqlite3
 import stat
+import threading
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -18,8 +23,11 @@ import pytest
 from conftest import fundus_like as fundus
 
 from edgescreen.runtime.batch import BatchOptions, Ledger, LedgerError, run_batch
+from edgescreen.runtime.batch import report as batch_report
 from edgescreen.runtime.batch.cli import main as batch_main
 from edgescreen.runtime.batch.patients import eye_from_name, group
+from edgescreen.runtime.batch.report import write_html
+from edgescreen.runtime.card import load_card
 from edgescreen.runtime.errors import CardError
 
 
@@ -207,7 +215,7 @@ def test_no_network_during_a_batch(uploads, bundle, tmp_path, monkeypatch):
 class _Rows(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
-        self.rows, self.text, self.scripts, self.imgs = [], [], 0, []
+        self.rows, self.text, self.scripts, self.imgs, self.alts = [], [], 0, [], []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -217,6 +225,7 @@ class _Rows(html.parser.HTMLParser):
             self.scripts += 1 if "src" not in a else 100
         if tag == "img":
             self.imgs.append(a["src"])
+            self.alts.append(a["alt"])
 
     def handle_data(self, data):
         self.text.append(data)
@@ -287,6 +296,117 @@ def test_report_csv_and_pseudonymisation(uploads, bundle, tmp_path, capsys):
     assert batch_main([*argv, "--pseudonymise"]) == 1
     assert table.read_text() == first
     capsys.readouterr()
+
+
+@pytest.fixture
+def opened(monkeypatch, uploads):
+    """Counter of opens of each upload (by its relative path), through every Python route."""
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+    root = os.path.abspath(uploads) + os.sep
+
+    def counting(real):
+        def wrapper(file, *args, **kwargs):
+            if isinstance(file, str | os.PathLike) and os.path.abspath(file).startswith(root):
+                with lock:
+                    counts[os.path.abspath(file)[len(root) :]] += 1
+            return real(file, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(io, "open", counting(io.open))  # pathlib's read_bytes opens through here
+    monkeypatch.setattr(os, "open", counting(os.open))
+    return counts
+
+
+def test_a_file_is_read_once_per_screening_and_never_by_the_report(
+    uploads, bundle, tmp_path, opened
+):
+    files = sorted(p.relative_to(uploads).as_posix() for p in uploads.rglob("*") if p.is_file())
+    db = tmp_path / "r.sqlite"
+    assert run(uploads, bundle, db).screened == len(files)
+    assert opened == dict.fromkeys(files, 2)  # one read to hash it at ingest, one to screen it
+    opened.clear()
+    assert run(uploads, bundle, db).screened == 0
+    ledger = Ledger(db)
+    write_html(ledger, uploads, tmp_path / "r.html", card=load_card(bundle))
+    ledger.close()
+    assert opened == {}  # nothing new to screen; thumbnails come from the ledger
+    con = sqlite3.connect(db)  # a crash left two rows pending: resuming reads each once
+    con.execute(
+        "UPDATE items SET state='pending', result_json=NULL, decision=NULL "
+        "WHERE path IN ('fuzzy_photo.jpg', 'clinic a/12_left.jpeg')"
+    )
+    con.commit()
+    con.close()
+    assert run(uploads, bundle, db).screened == 2
+    assert opened == {"fuzzy_photo.jpg": 1, "clinic a/12_left.jpeg": 1}
+
+
+def _pictures(report: Path) -> dict[str, list[np.ndarray]]:
+    """{alt: decoded images} of the report's inline pictures."""
+    parser = _Rows()
+    parser.feed(report.read_text())
+    out: dict[str, list[np.ndarray]] = {}
+    for src, alt in zip(parser.imgs, parser.alts, strict=True):
+        data = base64.b64decode(src.removeprefix("data:image/jpeg;base64,"))
+        out.setdefault(alt, []).append(
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        )
+    return out
+
+
+def test_report_thumbnails_come_from_the_ledger_after_the_uploads_are_gone(
+    uploads, bundle, tmp_path
+):
+    db = tmp_path / "r.sqlite"
+    run(uploads, bundle, db)
+    shutil.rmtree(uploads)
+    ledger = Ledger(db)
+    items = list(ledger.items())
+    assert all(
+        (i.thumb_jpeg is not None) == (i.state in ("done", "ungradable")) for i in items
+    )  # failed files get no picture
+    report = tmp_path / "r.html"
+    write_html(ledger, uploads, report, card=load_card(bundle))
+    ledger.close()
+    pictures = _pictures(report)
+    assert len(pictures["photo"]) == sum(i.state in ("done", "ungradable") for i in items) == 8
+    assert len(pictures["heatmap"]) == sum(i.heatmap_png is not None for i in items) == 7
+    for image in pictures["photo"]:
+        assert image is not None and max(image.shape[:2]) <= batch_report.THUMB_SIDE
+        assert image.std() > 5  # a photo, not a blank square
+
+
+def test_an_older_ledger_gains_the_thumbnail_column_and_its_report_decodes_the_uploads(
+    uploads, bundle, tmp_path, monkeypatch
+):
+    db = tmp_path / "r.sqlite"
+    run(uploads, bundle, db)
+    con = sqlite3.connect(db)  # a ledger written before thumbnails were stored
+    con.execute("ALTER TABLE items DROP COLUMN thumb_jpeg")
+    con.commit()
+    con.close()
+    cv2.imwrite(str(uploads / "clinic a" / "Patient001_R.jpg"), fundus(77))  # replaced since
+    decoded = []
+    real_decode = batch_report.decode
+
+    def recording(source, *, name=None, **kw):
+        decoded.append(name)
+        return real_decode(source, name=name, **kw)
+
+    monkeypatch.setattr(batch_report, "decode", recording)
+    ledger = Ledger(db)
+    assert all(i.thumb_jpeg is None for i in ledger.items())
+    report = tmp_path / "r.html"
+    write_html(ledger, uploads, report, card=load_card(bundle))
+    ledger.close()
+    uploads_decoded = {n for n in decoded if n != "thumbnail"}
+    assert "broken.jpg" not in uploads_decoded  # failed files are never decoded for the report
+    assert "clinic a/Patient001_R.jpg" not in uploads_decoded  # not the content screened
+    assert len(_pictures(report)["photo"]) == 7 == len(uploads_decoded)
+    assert "thumb_jpeg" in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(items)")}
 
 
 def test_patients_worse_eye_decides():

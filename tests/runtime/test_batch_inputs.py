@@ -16,8 +16,8 @@ from conftest import fundus_like as fundus
 
 from edgescreen.runtime.batch import BatchOptions, run_batch
 from edgescreen.runtime.batch import pipeline as batch_pipeline
-from edgescreen.runtime.batch.dicom import decode_dicom
 from edgescreen.runtime.batch.sniff import sniff
+from edgescreen.runtime.dicom import decode_dicom
 from edgescreen.runtime.errors import ImageError
 
 MAX_PIXELS = 1_500_000
@@ -240,6 +240,13 @@ def test_bad_inputs_each_get_a_row_with_a_reason(corpus, bundle, tmp_path, monke
                 error,
             )  # the reason names the file
     assert len(items) == len([s for s, _ in expect.values() if s not in ("ignored", "alias")])
+    # The report's photo is made while screening, from the same decode (DICOM included);
+    # a file that failed gets none.
+    thumbs = dict(con.execute("SELECT path, thumb_jpeg FROM items"))
+    for name, (state, _, _, _) in items.items():
+        assert (thumbs[name] is not None) == (state != "failed"), name
+    chest = cv2.imdecode(np.frombuffer(thumbs["chest.dcm"], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert chest.ndim == 2 and max(chest.shape) == 160 and chest.std() > 5
 
 
 def test_exif_rotation_is_applied(tmp_path, bundle):

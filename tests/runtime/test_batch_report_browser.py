@@ -1,7 +1,12 @@
-"""Render the HTML report in headless Chromium and check the screenshot shows it (slow)."""
+"""Render the HTML report in headless Chromium and check the screenshot shows it (slow).
+
+CI (.ci/run) installs Debian's chromium and sets EDGESCREEN_REQUIRE_BROWSER=1, so there a
+missing browser fails the test instead of skipping it.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -15,7 +20,20 @@ from edgescreen.runtime.batch.report import write_html
 pytestmark = pytest.mark.slow
 
 
-def test_report_renders_in_chromium(tmp_path, fundus_dir):
+def _photos(root, n: int = 6) -> None:
+    """Real shared photos when they are beside the checkout, else fundus-like ones."""
+    from conftest import SHARED_DATA, fundus_like
+
+    real = SHARED_DATA / "fundus-dr-srahim" / "images"
+    if real.is_dir():
+        for p in sorted(real.glob("*.jpg"))[:n]:
+            shutil.copy(p, root / p.name)
+        return
+    for i in range(n):
+        cv2.imwrite(str(root / f"photo{i}.jpg"), fundus_like(i, side=320))
+
+
+def test_report_renders_in_chromium(tmp_path):
     from conftest import make_bundle
 
     browser = (
@@ -24,12 +42,13 @@ def test_report_renders_in_chromium(tmp_path, fundus_dir):
         or shutil.which("google-chrome")
     )
     if browser is None:
+        if os.environ.get("EDGESCREEN_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (EDGESCREEN_REQUIRE_BROWSER) but not installed")
         pytest.skip("chromium is not installed")
     bundle = make_bundle(tmp_path / "dr", size=32)
     root = tmp_path / "in"
     root.mkdir()
-    for p in sorted((fundus_dir / "images").glob("*.jpg"))[:6]:
-        shutil.copy(p, root / p.name)
+    _photos(root)
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 no")
     db = tmp_path / "r.sqlite"
     run_batch(BatchOptions(in_dir=root, bundle=bundle, db=db))
@@ -45,6 +64,11 @@ def test_report_renders_in_chromium(tmp_path, fundus_dir):
             "--no-sandbox",
             "--disable-gpu",
             "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
             "--window-size=1200,900",
             f"--screenshot={shot}",
             report.as_uri(),

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from edgescreen.export.golden import write_golden
 from edgescreen.runtime.card import load_card
 from edgescreen.runtime.errors import CardError
 from edgescreen.runtime.golden import (
@@ -16,7 +17,6 @@ from edgescreen.runtime.golden import (
     golden_dir,
     load_golden,
     selftest,
-    write_golden,
 )
 
 

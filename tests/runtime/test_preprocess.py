@@ -11,10 +11,9 @@ import pytest
 from edgescreen.runtime.errors import CardError
 from edgescreen.runtime.preprocess import (
     PreprocessConfig,
+    canonical,
     find_fundus_disc,
-    prepare,
     preprocess,
-    preprocess_batch,
     to_tensor,
 )
 
@@ -82,7 +81,7 @@ def test_non_fundus_not_found():
 def test_prepare_fundus_shape_and_mask(fundus_dir):
     img = _read_rgb(next(iter(sorted((fundus_dir / "images").glob("*.jpg")))))
     cfg = PreprocessConfig.default("fundus", 224)
-    out = prepare(img, cfg, size=320)
+    out = canonical(img, cfg, size=320)
     assert out.shape == (320, 320, 3) and out.dtype == np.uint8
     yy, xx = np.mgrid[:320, :320]
     rr = np.hypot(xx - 159.5, yy - 159.5)
@@ -92,7 +91,7 @@ def test_prepare_fundus_shape_and_mask(fundus_dir):
     t = to_tensor(out, cfg)
     assert t.shape == (3, 224, 224) and t.dtype == np.float32
     assert np.isclose(t.min(), -1.0) and t.max() <= 1.0
-    np.testing.assert_array_equal(preprocess(img, cfg), to_tensor(prepare(img, cfg), cfg))
+    np.testing.assert_array_equal(preprocess(img, cfg), to_tensor(canonical(img, cfg), cfg))
 
 
 def test_prepare_fundus_pads_with_black_when_off_frame():
@@ -100,7 +99,7 @@ def test_prepare_fundus_pads_with_black_when_off_frame():
     cfg = PreprocessConfig(
         "fundus", 128, 3, (0.5,) * 3, (0.5,) * 3, ben_graham=False, circle_mask=False
     )
-    out = prepare(img, cfg)
+    out = canonical(img, cfg)
     assert out.shape == (128, 128, 3)
     assert not out[:, :5].any()  # left of the frame: padding
     assert out[64, 64, 0] > 150  # centre of the disc
@@ -109,16 +108,16 @@ def test_prepare_fundus_pads_with_black_when_off_frame():
 def test_grey_fundus_and_colour_oct_cxr():
     grey = _synthetic_fundus(300, 400, 200, 150, 120)[:, :, 0]
     cfg = PreprocessConfig.default("fundus", 64)
-    out = prepare(grey, cfg)
+    out = canonical(grey, cfg)
     assert out.shape == (64, 64, 3)
     assert (out[:, :, 0] == out[:, :, 1]).all() and (out[:, :, 1] == out[:, :, 2]).all()
     rgb = np.dstack([np.full((100, 120), v, np.uint8) for v in (200, 100, 50)])
     oct_cfg = PreprocessConfig.default("oct", 32)
-    o = prepare(rgb, oct_cfg)
+    o = canonical(rgb, oct_cfg)
     assert o.shape == (32, 32, 1)
     assert abs(int(o[0, 0, 0]) - round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)) <= 1
     assert preprocess(rgb, oct_cfg).shape == (1, 32, 32)
-    cxr = prepare(rgb, PreprocessConfig.default("cxr", 32))
+    cxr = canonical(rgb, PreprocessConfig.default("cxr", 32))
     assert cxr.shape == (32, 32, 3) and (cxr[..., 0] == cxr[..., 2]).all()
 
 
@@ -129,23 +128,20 @@ def test_cxr_16_and_8_bit_identical():
     img16 = img8.astype(np.uint16) * 257
     for clahe in (False, True):
         cfg = PreprocessConfig("cxr", 128, 3, (0.5,) * 3, (0.25,) * 3, clahe=clahe)
-        a, b = prepare(img8, cfg), prepare(img16, cfg)
+        a, b = canonical(img8, cfg), canonical(img16, cfg)
         np.testing.assert_array_equal(a, b)
         assert a.shape == (128, 128, 3)
     # Windowing spreads the middle 99 % over the full range.
-    out = prepare(img8, PreprocessConfig.default("cxr", 128))
+    out = canonical(img8, PreprocessConfig.default("cxr", 128))
     assert out.min() == 0 and out.max() == 255
 
 
-def test_oct_denoise_and_batch():
+def test_oct_denoise():
     rng = np.random.default_rng(2)
     img = rng.integers(0, 256, (200, 300), dtype=np.uint8)
     cfg = PreprocessConfig("oct", 64, 1, (0.5,), (0.5,), denoise=True)
-    noisy = prepare(img, PreprocessConfig("oct", 64, 1, (0.5,), (0.5,)))
-    assert prepare(img, cfg).std() < noisy.std()
-    batch = preprocess_batch([img, img[:100]], cfg)
-    assert batch.shape == (2, 1, 64, 64) and batch.dtype == np.float32
-    assert preprocess_batch([], cfg).shape == (0, 1, 64, 64)
+    noisy = canonical(img, PreprocessConfig("oct", 64, 1, (0.5,), (0.5,)))
+    assert canonical(img, cfg).std() < noisy.std()
 
 
 def test_config_round_trip():

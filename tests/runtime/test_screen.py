@@ -135,35 +135,50 @@ def test_oct_and_cxr_decisions(tmp_path):
     assert b.positive_findings == [] and b.decision == "none"
 
 
-def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path, monkeypatch):
-    """The marker logic around the golden self-test (the TensorRT run itself needs a GPU)."""
+def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path):
+    """The self-test runs on the open backend itself (no second engine), once per new plan.
+
+    The TensorRT run itself needs a GPU; here a stand-in backend answers with the golden
+    outputs (a good engine) or with shifted ones (a bad one).
+    """
     import json
 
-    import edgescreen.runtime.golden as golden
-    from edgescreen.runtime.golden import SelfTestReport
-    from edgescreen.runtime.screen import ensure_engine_selftest
+    from conftest import make_bundle
 
-    engine = tmp_path / "engines" / "fp16-sm87.engine"
+    from edgescreen.export.golden import write_golden
+    from edgescreen.runtime.backends import open_backend
+    from edgescreen.runtime.golden import ensure_selftest, load_golden
+
+    bundle = make_bundle(tmp_path / "b", size=32)
+    card = load_card(bundle)
+    x = np.random.default_rng(0).normal(0, 1, (4, *card.input.shape)).astype(np.float32)
+    with open_backend(bundle, card, "fp32", "onnxruntime") as ort_backend:
+        write_golden(bundle, x, ort_backend.infer(x), [f"g{i}" for i in range(4)])
+    golden = load_golden(bundle)
+    engine = bundle / "engines" / "fp16-sm87.engine"
     engine.parent.mkdir()
     engine.write_bytes(b"plan v1")
     calls = []
 
-    def fake_selftest(bundle, precision, backend, ready=True):
-        calls.append(backend)
-        return SelfTestReport(
-            str(bundle), precision, backend, "cuda:0", ready, [] if ready else ["max rel 0.4"]
-        )
+    class StandIn:
+        name, device, artifact = "tensorrt", "cuda:0", "engines/fp16-sm87.engine"
 
-    monkeypatch.setattr(golden, "selftest", lambda b, p, k: fake_selftest(b, p, k, ready=False))
-    with pytest.raises(BackendUnavailable, match="failed its self-test.*max rel 0.4"):
-        ensure_engine_selftest(tmp_path, "fp16", engine)
-    assert not (tmp_path / "engines" / "fp16-sm87.engine.selftest.json").exists()
+        def __init__(self, shift: float) -> None:
+            self.shift = shift
 
-    monkeypatch.setattr(golden, "selftest", fake_selftest)
-    ensure_engine_selftest(tmp_path, "fp16", engine)
-    ensure_engine_selftest(tmp_path, "fp16", engine)  # unchanged engine: no second run
-    marker = json.loads((tmp_path / "engines" / "fp16-sm87.engine.selftest.json").read_text())
+        def infer(self, batch):
+            calls.append(len(batch))
+            return {k: v[: len(batch)] + self.shift for k, v in golden.outputs.items()}
+
+    with pytest.raises(BackendUnavailable, match="failed its self-test.*relative error"):
+        ensure_selftest(StandIn(5.0), bundle, card, "fp16")
+    marker_path = bundle / "engines" / "fp16-sm87.engine.selftest.json"
+    assert not marker_path.exists()
+
+    ensure_selftest(StandIn(0.0), bundle, card, "fp16")
+    ensure_selftest(StandIn(0.0), bundle, card, "fp16")  # unchanged engine: no second run
+    marker = json.loads(marker_path.read_text())
     assert marker["ready"] is True and len(calls) == 2  # the failed run, then one passing run
     engine.write_bytes(b"plan v2, rebuilt")
-    ensure_engine_selftest(tmp_path, "fp16", engine)
+    ensure_selftest(StandIn(0.0), bundle, card, "fp16")
     assert len(calls) == 3

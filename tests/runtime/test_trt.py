@@ -12,7 +12,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from edgescreen.runtime.backends import load_backend
+from edgescreen.runtime.backends import open_backend
 from edgescreen.runtime.card import load_card
 from edgescreen.runtime.errors import BackendUnavailable
 
@@ -32,7 +32,7 @@ def test_missing_tensorrt_gives_the_install_hint(bundle):
     with pytest.raises(
         BackendUnavailable, match="sudo apt install python3-libnvinfer python3-pycuda"
     ):
-        load_backend("tensorrt", bundle / "model.onnx")
+        open_backend(bundle, load_card(bundle), "fp16", "tensorrt")
 
 
 def test_module_imports_without_tensorrt():
@@ -49,7 +49,7 @@ def test_module_imports_without_tensorrt():
 def test_engine_available_is_false_without_tensorrt(bundle):
     from edgescreen.runtime.backends.trt import engine_available
 
-    assert engine_available(bundle, "fp16") is False
+    assert engine_available(bundle, load_card(bundle), "fp16") is False
 
 
 def test_engine_available_with_a_described_device(bundle):
@@ -59,33 +59,32 @@ def test_engine_available_with_a_described_device(bundle):
         DeviceInfo,
         make_key,
         plan_path,
-        remove_engine,
+        sidecar_path,
         write_engine,
     )
 
+    card = load_card(bundle)
     orin = DeviceInfo("Orin", (8, 7), "10.3.0", 8)
-    assert not engine_available(bundle, "fp16", device=orin)
-    key = make_key(load_card(bundle), "fp16", orin)
+    assert not engine_available(bundle, card, "fp16", device=orin)
+    key = make_key(card, "fp16", orin)
     plan = write_engine(plan_path(bundle, key), b"plan", key)
     try:
-        assert engine_available(bundle, "fp16", device=orin)
-        assert not engine_available(bundle, "fp32", device=orin)
-        assert not engine_available(bundle, "fp16", device=DeviceInfo("Orin", (8, 7), "10.4.0", 8))
-        assert not engine_available(bundle, "int8", device=orin)  # no Q/DQ file in this bundle
+        assert engine_available(bundle, card, "fp16", device=orin)
+        assert not engine_available(bundle, card, "fp32", device=orin)
+        newer = DeviceInfo("Orin", (8, 7), "10.4.0", 8)
+        assert not engine_available(bundle, card, "fp16", device=newer)
+        assert not engine_available(bundle, card, "int8", device=orin)  # no Q/DQ file in this bundle
     finally:
-        remove_engine(plan)
+        plan.unlink()
+        sidecar_path(plan).unlink()
 
 
-def test_resolve_model_path(bundle, tmp_path):
-    from edgescreen.runtime.backends.trt import _resolve
-
-    assert _resolve(bundle, "fp16") == (bundle, "fp16", None)
-    assert _resolve(bundle / "model.onnx", None) == (bundle, "fp32", None)
-    assert _resolve(bundle / "model.onnx", "fp16") == (bundle, "fp16", None)
-    plan = bundle / "engines" / "fp16-x.engine"
-    assert _resolve(plan, "fp16") == (bundle, "fp16", plan)
-    with pytest.raises(BackendUnavailable, match="bundle directory"):
-        _resolve(tmp_path / "loose.onnx", None)
+def test_auto_without_an_engine_opens_onnxruntime_and_names_are_checked(bundle):
+    card = load_card(bundle)
+    with open_backend(bundle, card, "fp32") as backend:  # no engine for this device: ORT
+        assert (backend.name, backend.artifact) == ("onnxruntime", "model.onnx")
+    with pytest.raises(BackendUnavailable, match="onnxruntime, tensorrt"):
+        open_backend(bundle, card, "fp32", "openvino")
 
 
 # -- TensorRT on a GPU --------------------------------------------------------------------------
@@ -105,14 +104,15 @@ def test_real_engine_matches_onnxruntime(bundle, precision, rtol):
     pytest.importorskip("tensorrt")
     pytest.importorskip("pycuda")
     from edgescreen.export.trt import build_engine
-    from edgescreen.runtime.engine_cache import check_engine, expected_key
+    from edgescreen.runtime.backends.trt import current_device, engine_key
+    from edgescreen.runtime.engine_cache import check_engine
 
     plan = build_engine(bundle, precision, workspace_mb=256)
-    check_engine(plan, expected_key(bundle, precision))
+    check_engine(plan, engine_key(load_card(bundle), precision, current_device()))
     assert (bundle / "engines" / "timing.cache").is_file()
     x = np.random.default_rng(0).normal(0, 1, (8, 3, 64, 64)).astype(np.float32)
     want = _ort(bundle, x)
-    with load_backend("tensorrt", bundle, precision=precision, build=False) as backend:
+    with open_backend(bundle, load_card(bundle), precision, "tensorrt") as backend:
         assert backend.device.startswith("cuda") and backend.engine_path == plan
         for n in (1, 8):  # dynamic batch
             got = backend.infer(x[:n])
@@ -141,8 +141,9 @@ def test_engine_cache_is_reused_and_foreign_plans_refused(bundle):
         build_engine(bundle, "fp16", workspace_mb=256) == first
         and first.stat().st_mtime_ns == mtime
     )
-    # Loading through the Screener's path (the ONNX file) finds the same cached engine.
-    with load_backend("tensorrt", bundle / "model.onnx", precision="fp16", build=False) as backend:
+    # Opening the backend as the Screener does finds the same cached engine.
+    card = load_card(bundle)
+    with open_backend(bundle, card, "fp16", "tensorrt") as backend:
         assert backend.engine_path == first
     # A plan whose sidecar claims another TensorRT is refused before deserialisation.
     side = read_sidecar(first)
@@ -151,7 +152,7 @@ def test_engine_cache_is_reused_and_foreign_plans_refused(bundle):
     foreign.write_bytes(first.read_bytes())
     sidecar_path(foreign).write_text(json.dumps(side))
     with pytest.raises(StaleEngine, match="9.9.9"):
-        load_backend("tensorrt", foreign, precision="fp16")
+        open_backend(bundle, card, "fp16", "tensorrt", engine=foreign)
 
 
 @pytest.mark.tensorrt
@@ -160,7 +161,8 @@ def test_engine_cache_is_reused_and_foreign_plans_refused(bundle):
 def test_selftest_on_tensorrt(bundle):
     pytest.importorskip("tensorrt")
     pytest.importorskip("pycuda")
-    from edgescreen.runtime.golden import selftest, write_golden
+    from edgescreen.export.golden import write_golden
+    from edgescreen.runtime.golden import selftest
 
     x = np.random.default_rng(1).normal(0, 1, (12, 3, 64, 64)).astype(np.float32)
     write_golden(bundle, x, _ort(bundle, x), [f"g{i}" for i in range(12)])

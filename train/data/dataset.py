@@ -1,6 +1,7 @@
-"""Torch dataset: the runtime's preprocessing, then augmentation, then the runtime's to_tensor.
+"""Torch dataset: the runtime's prepare step, then augmentation, then the runtime's to_tensor.
 
-`prepare` (disc crop, Ben Graham, windowing) costs tens of milliseconds on a full-size
+The canonical picture comes from `edgescreen.runtime.prepare.prepare` (ungated: every
+labelled image trains), the very step screening runs. It (disc crop, Ben Graham, windowing) costs tens of milliseconds on a full-size
 photo; its uint8 result at the working resolution is cached on disk under a key of the
 image's content hash and the preprocessing recipe, so epochs after the first decode
 nothing. Augmentation is seeded by (seed, epoch, index): the same picture whatever the
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edgescreen.runtime.imageio import load_image
-from edgescreen.runtime.preprocess import PreprocessConfig, prepare, to_tensor
+from edgescreen.runtime.imageio import decode
+from edgescreen.runtime.prepare import prepare
+from edgescreen.runtime.preprocess import PreprocessConfig, to_tensor
 
 from ..augment import augment, build_augmentation
 from .records import Sample
@@ -99,8 +101,8 @@ class ScreeningDataset(Dataset):
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
-        image = sample.array if sample.array is not None else load_image(sample.path)
-        out = prepare(image, self.cfg, size=self.working_size)
+        decoded = decode(sample.array if sample.array is not None else sample.path, name=sample.ref)
+        out = prepare(decoded, self.cfg, gate=False, size=self.working_size).picture
         if self.cache is not None:
             self.cache.put(key, out)
         return out

@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from ..errors import ImageError
+from .errors import ImageError
 
 
 def decode_dicom(

@@ -1,0 +1,150 @@
+"""The one prepare step: a decoded image and a card -> Prepared (a tensor, or an early stop).
+
+    decoded ─► disc (fundus) ─► quality gate ─► canonical picture ─► tensor
+
+Every consumer prepares through here: the Screener, INT8 calibration, export's
+evaluation, the TensorRT calibrator, the drift and pipeline benchmarks and the training
+dataset. A step added here reaches all of them; none of them prepares an image its own way.
+
+`gate=False` skips the quality gate where every labelled image must be measured
+(calibration, evaluation, drift, training): the gate's verdict does not depend on the
+network or its precision, so it would only shrink those sets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .card import ModelCard
+from .errors import EdgescreenError, ImageError
+from .imageio import Decoded, decode
+from .preprocess import Disc, PreprocessConfig, canonical, find_fundus_disc, to_tensor
+from .quality import QualityReport, assess_quality
+
+Status = Literal["ok", "ungradable", "failed"]
+
+
+@dataclass
+class Prepared:
+    name: str
+    tensor: np.ndarray | None  # float32 (C, H, W); None when the image stopped early
+    picture: np.ndarray | None = None  # the canonical uint8 picture the tensor was made from
+    quality: QualityReport | None = None  # None when the gate did not run
+    disc: Disc | None = None  # fundus field of view, found once, used by gate and crop
+    note: str | None = None  # what the decoder noticed (multi-frame files)
+    error: str | None = None  # why the image could not be prepared
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        if self.error is not None:
+            return "failed"
+        return "ok" if self.tensor is not None else "ungradable"
+
+    @property
+    def reasons(self) -> list[str]:
+        if self.error is not None:
+            return [self.error]
+        return self.quality.reasons if self.quality is not None else []
+
+
+def prepare(
+    decoded: Decoded | np.ndarray,
+    card: ModelCard | PreprocessConfig,
+    *,
+    gate: bool = True,
+    size: int | None = None,
+) -> Prepared:
+    """Gate and preprocess one decoded image exactly as screening does.
+
+    `card` may be a bare PreprocessConfig (the training dataset, per stage size), which
+    has no quality limits, so then `gate` must be False. `size` prepares the canonical
+    picture at a working resolution (training augments it before to_tensor resizes).
+    Raises EdgescreenError for an image it cannot use; see `prepare_source` for the
+    never-raising form.
+    """
+    if isinstance(decoded, np.ndarray):
+        decoded = Decoded("<array>", decoded)
+    cfg = card if isinstance(card, PreprocessConfig) else card.preprocessing
+    if gate and isinstance(card, PreprocessConfig):
+        raise ValueError("the quality gate needs a card's limits, not a bare PreprocessConfig")
+    out = Prepared(decoded.name, None, note=decoded.note)
+    image = decoded.image
+    start = time.perf_counter()
+    if cfg.modality == "fundus":
+        out.disc = find_fundus_disc(image)
+    if gate:
+        out.quality = assess_quality(image, cfg.modality, card.quality, disc=out.disc)  # type: ignore[union-attr]
+        out.timings["quality"] = _ms(start)
+        if not out.quality.gradable:
+            return out
+    start = time.perf_counter()
+    out.picture = canonical(image, cfg, size=size, disc=out.disc)
+    out.tensor = to_tensor(out.picture, cfg)
+    out.timings["preprocess"] = _ms(start)
+    return out
+
+
+def prepare_source(
+    source: str | Path | bytes | np.ndarray | Decoded,
+    card: ModelCard,
+    *,
+    name: str | None = None,
+    gate: bool = True,
+) -> Prepared:
+    """Decode (when needed) and prepare; any problem becomes a failed Prepared naming the file.
+
+    One bad image must never stop a batch, so nothing is raised here.
+    """
+    label = name or (
+        "<array>" if isinstance(source, np.ndarray) else str(getattr(source, "name", source))
+    )
+    start = time.perf_counter()
+    try:
+        decoded = (
+            source
+            if isinstance(source, Decoded)
+            else decode(source, name=label, max_pixels=card.input.max_pixels)
+        )
+        decode_ms = _ms(start)
+        prepared = prepare(decoded, card, gate=gate)
+        prepared.timings = {"decode": decode_ms, **prepared.timings}
+        return prepared
+    except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch
+        return Prepared(label, None, error=failure(label, exc), timings={"decode": _ms(start)})
+
+
+def failure(name: str, exc: Exception) -> str:
+    """What a failed image's result says: our own refusal as is, anything else as unexpected."""
+    if isinstance(exc, EdgescreenError):
+        return str(exc)
+    return str(ImageError(name, f"unexpected error: {type(exc).__name__}: {exc}"))
+
+
+def prepare_batch(
+    sources: Sequence[str | Path | np.ndarray | Decoded], card: ModelCard
+) -> np.ndarray:
+    """(N, C, H, W) float32 of labelled images, ungated; raises on an unreadable one.
+
+    For calibration and evaluation sets, where a missing image is an error in the set,
+    not a photo to retake.
+    """
+    out = np.empty((len(sources), *card.input.shape), np.float32)
+    for i, source in enumerate(sources):
+        decoded = (
+            source
+            if isinstance(source, Decoded)
+            else decode(source, max_pixels=card.input.max_pixels)
+        )
+        out[i] = prepare(decoded, card, gate=False).tensor
+    return out
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
