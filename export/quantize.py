@@ -107,7 +107,6 @@ def quantize(
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
     trt = target == "tensorrt"

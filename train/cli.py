@@ -86,5 +86,7 @@ def add_synth_command(sub) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     from .data.synth import synthesize
 
-    print(synthesize(args.modality, args.n, args.out, seed=args.seed, size=args.size, progress=True))
+    print(
+        synthesize(args.modality, args.n, args.out, seed=args.seed, size=args.size, progress=True)
+    )
     return 0

@@ -73,7 +73,9 @@ def test_engine_available_with_a_described_device(bundle):
         assert not engine_available(bundle, card, "fp32", device=orin)
         newer = DeviceInfo("Orin", (8, 7), "10.4.0", 8)
         assert not engine_available(bundle, card, "fp16", device=newer)
-        assert not engine_available(bundle, card, "int8", device=orin)  # no Q/DQ file in this bundle
+        assert not engine_available(
+            bundle, card, "int8", device=orin
+        )  # no Q/DQ file in this bundle
     finally:
         plan.unlink()
         sidecar_path(plan).unlink()
