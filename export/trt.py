@@ -30,7 +30,7 @@ import numpy as np
 
 from edgescreen.runtime import __version__
 from edgescreen.runtime.backends import cuda_mem
-from edgescreen.runtime.backends.trt import current_device
+from edgescreen.runtime.backends.trt import current_device, import_tensorrt
 from edgescreen.runtime.card import (
     ModelCard,
     atomic_write,
@@ -48,12 +48,11 @@ from edgescreen.runtime.engine_cache import (
     trt_major,
     write_engine,
 )
-from edgescreen.runtime.errors import BackendUnavailable, CardError, EdgescreenError
+from edgescreen.runtime.errors import CardError, EdgescreenError
 from edgescreen.runtime.prepare import prepare_batch
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "sudo apt install python3-libnvinfer python3-pycuda"
 TIMING_CACHE = "timing.cache"
 MIN_INT8_CC = (6, 1)  # TensorRT's INT8 kernels need dp4a (Pascal sm_61 and later)
 
@@ -304,17 +303,6 @@ def make_calibrator(
 
 
 # -- TensorRT ----------------------------------------------------------------------------------
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt  # noqa: PLC0415 - optional, heavy
-    except ImportError:
-        raise BackendUnavailable(
-            f"building engines needs TensorRT: {INSTALL_HINT} (JetPack 6); "
-            "on a GPU host: pip install tensorrt pycuda"
-        ) from None
-    return trt
-
-
 def parser_errors(parser: Any) -> list[str]:
     out = []
     for i in range(parser.num_errors):

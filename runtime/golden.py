@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .artifacts import choose_artifact
 from .backends import Backend, backend_names, infer_in_batches, open_backend
 from .card import ModelCard, atomic_write, load_card, sha256_file
 from .errors import BackendUnavailable, CardError, EdgescreenError
@@ -69,10 +70,11 @@ def golden_dir(bundle: str | Path) -> Path:
 
 
 def fp32_onnx_sha(card: ModelCard) -> str | None:
-    return next(
-        (a.sha256 for a in card.artifacts.values() if a.format == "onnx" and a.precision == "fp32"),
-        None,
-    )
+    """The FP32 model the golden outputs were computed with (None when the bundle has none)."""
+    try:
+        return choose_artifact(card, "fp32", backend="onnxruntime")[1].sha256
+    except CardError:
+        return None
 
 
 def load_golden(bundle: str | Path) -> Golden:

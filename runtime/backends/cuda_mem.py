@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable
-
-INSTALL_HINT = "sudo apt install python3-libnvinfer python3-pycuda (JetPack 6); on a GPU host: pip install pycuda"
+from . import REGISTRY
 
 
 def _driver() -> Any:
     try:
         import pycuda.driver as cuda  # noqa: PLC0415 - optional, heavy
     except ImportError:
-        raise BackendUnavailable(f"the tensorrt backend needs pycuda: {INSTALL_HINT}") from None
+        hint = REGISTRY["tensorrt"].install_hint
+        raise BackendUnavailable(f"the tensorrt backend needs pycuda: {hint}") from None
     try:
         cuda.init()
     except cuda.Error as exc:

@@ -32,11 +32,9 @@ from ..engine_cache import (
     make_key,
 )
 from ..errors import BackendUnavailable, EdgescreenError
-from . import cuda_mem
+from . import REGISTRY, cuda_mem
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "sudo apt install python3-libnvinfer python3-pycuda"
 
 
 def import_tensorrt() -> Any:
@@ -44,8 +42,7 @@ def import_tensorrt() -> Any:
         import tensorrt as trt  # noqa: PLC0415 - optional, heavy
     except ImportError:
         raise BackendUnavailable(
-            f"the tensorrt backend needs TensorRT: {INSTALL_HINT} (JetPack 6); "
-            "on a GPU host: pip install tensorrt pycuda"
+            f"TensorRT is not installed: {REGISTRY['tensorrt'].install_hint}"
         ) from None
     return trt
 

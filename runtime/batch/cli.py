@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..card import is_referral
+
 EXIT_OK, EXIT_SOME_FAILED = 0, 1
 
 
@@ -95,7 +97,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         "pending": counts["pending"],
         "referrals": referrals,
         "patients": len(patients),
-        "patient_referrals": sum(p.decision in ("urgent", "refer") for p in patients),
+        "patient_referrals": sum(is_referral(p.decision) for p in patients),
         "this_run": {
             "discovered": stats.discovered,
             "new": stats.new_items,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..card import REFERRAL_DECISIONS
 from ..errors import EdgescreenError
 
 SCHEMA_VERSION = 1
@@ -332,7 +333,9 @@ class Ledger:
 
     def referrals(self) -> int:
         return self.db.execute(
-            "SELECT COUNT(*) FROM items WHERE state = 'done' AND decision IN ('urgent', 'refer')"
+            "SELECT COUNT(*) FROM items WHERE state = 'done' AND decision IN "
+            f"({', '.join('?' * len(REFERRAL_DECISIONS))})",
+            REFERRAL_DECISIONS,
         ).fetchone()[0]
 
     def items(self) -> Iterator[Item]:
