@@ -16,10 +16,6 @@ def class_activation_map(fmap: torch.Tensor, head: nn.Linear) -> torch.Tensor:
     return torch.relu(cam)
 
 
-def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 class ExportView(nn.Module):
     """``model`` with only its ``export_outputs``, as a tuple in that order.
 
