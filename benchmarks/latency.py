@@ -141,7 +141,8 @@ def measure(
 
 # -- worker ------------------------------------------------------------------------------------
 def _runner(bundle: Path, config: Config, threads: int, checkpoint: Path | None):
-    """A callable batch -> outputs for the configuration, created inside the timed cold start."""
+    """(run, close): batch -> outputs for the configuration, created inside the timed cold
+    start, and what releases it (a TensorRT engine's buffers and CUDA context)."""
     if config.backend in ("pytorch-eager", "torchscript"):
         import torch
 
@@ -160,17 +161,25 @@ def _runner(bundle: Path, config: Config, threads: int, checkpoint: Path | None)
             with torch.inference_mode():
                 return model(torch.from_numpy(x))
 
-        return run
+        return run, lambda: None
     from edgescreen.runtime.backends import open_backend
     from edgescreen.runtime.card import load_card
 
     card = load_card(bundle)
     if config.backend == "tensorrt":
-        return open_backend(bundle, card, config.precision, "tensorrt").infer
-    target = card.artifacts[config.artifact].target
-    return open_backend(
-        bundle, card, config.precision, "onnxruntime", threads=threads, device="cpu", target=target
-    ).infer
+        backend = open_backend(bundle, card, config.precision, "tensorrt")
+    else:
+        target = card.artifacts[config.artifact].target
+        backend = open_backend(
+            bundle,
+            card,
+            config.precision,
+            "onnxruntime",
+            threads=threads,
+            device="cpu",
+            target=target,
+        )
+    return backend.infer, backend.close
 
 
 def _inputs(bundle: Path, batch: int) -> np.ndarray:
@@ -217,7 +226,7 @@ def worker(argv: list[str] | None = None) -> None:
     x = _inputs(args.bundle, args.batch)
     rss_before = _rss_mb()
     start = time.perf_counter()
-    run = _runner(args.bundle, config, args.threads, args.checkpoint)
+    run, close = _runner(args.bundle, config, args.threads, args.checkpoint)
     run(x)
     cold_ms = (time.perf_counter() - start) * 1000
     for _ in range(args.warmup):
@@ -228,6 +237,7 @@ def worker(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         run(x)
         times.append((time.perf_counter() - t) * 1000)
+    close()
     times_arr = np.array(times)
     median = float(np.median(times_arr))
     print(

@@ -160,10 +160,29 @@ def compile_torch_trt(
 
     target = Path(out) if out else bundle / "engines" / f"torch_trt-{precision}.ep"
     target.parent.mkdir(parents=True, exist_ok=True)
-    example = [torch.randn(opt, c, h, w, device="cuda")]
-    key = "arg_inputs" if _accepts(torch_tensorrt.save, "arg_inputs") else "inputs"
-    torch_tensorrt.save(compiled, str(target), **{key: example})
+    torch_tensorrt.save(compiled, str(target), **save_options(torch_tensorrt.save, torch, spec))
     return target
+
+
+def save_options(save: Any, torch: Any, spec: Any) -> dict[str, Any]:
+    """How to keep the dynamic batch through torch_tensorrt.save's re-trace.
+
+    Given one concrete tensor, save re-traces with that shape and the saved program only
+    takes batch `opt`. Releases whose save takes `dynamic_shapes` get an example at opt plus
+    a batch Dim over the card's profile (torch.export's own form); older ones get the
+    min/opt/max Input spec the program was compiled with.
+    """
+    key = "arg_inputs" if _accepts(save, "arg_inputs") else "inputs"
+    lo, opt, hi = (
+        spec.shape["min_shape"][0],
+        spec.shape["opt_shape"][0],
+        spec.shape["max_shape"][0],
+    )
+    if _accepts(save, "dynamic_shapes"):
+        example = torch.randn(opt, *spec.shape["opt_shape"][1:], device="cuda")
+        batch = torch.export.Dim("batch", min=lo, max=hi)
+        return {key: [example], "dynamic_shapes": {"x": {0: batch}}}  # ExportView.forward(x)
+    return {key: [spec]}
 
 
 def load_torch_trt(path: str | Path) -> Any:
@@ -209,14 +228,15 @@ class TorchTrtRunner:
     def __init__(self, module: Any, card: Any, artifact: str) -> None:
         self.module, self.artifact = module, artifact
         self.output_names = [o.name for o in card.outputs]
-        self.opt_batch = card.input.batch[1]  # compiled for a static batch: pad up to it
+        # The saved program takes the card's whole batch profile: run chunks as they come
+        # (padding only below the minimum), so a program frozen at one batch size fails here.
+        self.min_batch, _, self.max_batch = card.input.batch
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        step, pad = self.max_batch, self.min_batch
         parts = [
-            run_torch_trt(
-                self.module, batch[i : i + self.opt_batch], self.output_names, pad_to=self.opt_batch
-            )
-            for i in range(0, len(batch), self.opt_batch)
+            run_torch_trt(self.module, batch[i : i + step], self.output_names, pad_to=pad)
+            for i in range(0, len(batch), step)
         ]
         return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
 

@@ -298,6 +298,7 @@ def make_calibrator(
             if self._buffer is not None:
                 self._buffer.free()
                 self._buffer = None
+            self._stream.free()
 
     return EntropyCalibrator()
 
@@ -400,12 +401,17 @@ def build_engine(
     network, input_name = _parse_onnx(trt, builder, logger, bundle / plan.source_file, plan)
     config = _builder_config(trt, builder, plan, card, input_name, workspace_mb)
     cache_path = _attach_timing_cache(config, bundle, timing_cache, device)
-    calibrator = (
-        _attach_calibrator(trt, builder, config, bundle, card, key, input_name, calibration_batch)
-        if plan.calibrate
-        else None
-    )
-    serialized, seconds = _serialize(builder, network, config, calibrator, plan)
+    if plan.calibrate:
+        # The calibrator's pycuda buffers and stream need a current CUDA context, and
+        # TensorRT calls get_batch from inside build_serialized_network: one context, pushed
+        # for the whole build.
+        with cuda_mem.CudaContext(0):
+            calibrator = _attach_calibrator(
+                trt, builder, config, bundle, card, key, input_name, calibration_batch
+            )
+            serialized, seconds = _serialize(builder, network, config, calibrator, plan)
+    else:
+        serialized, seconds = _serialize(builder, network, config, None, plan)
     target = plan_path(bundle, key)
     write_engine(
         target,

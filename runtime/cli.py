@@ -55,7 +55,11 @@ def cmd_screen(args: argparse.Namespace) -> int:
     results = []
     with (
         Screener(
-            args.bundle, precision=args.precision, backend=args.backend, threads=args.threads
+            args.bundle,
+            precision=args.precision,
+            backend=args.backend,
+            threads=args.threads,
+            dla_core=args.dla,
         ) as screener,
         _progress(len(args.images), "screening", not args.json) as bar,
     ):
@@ -186,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="inference threads (default: backend's own)"
     )
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--dla", type=int, default=None, metavar="N", help="TensorRT engine of DLA core N (Orin)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per image")
 
     p = add("quality", cmd_quality, "run the image quality gate only")

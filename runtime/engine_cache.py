@@ -294,3 +294,15 @@ def default_quantization(trt_version: str, precision: str) -> str:
     if precision == "int8" and major < 9:
         return "implicit"
     return "explicit"
+
+
+def quantizations(trt_version: str, precision: str) -> tuple[str, ...]:
+    """Every way this TensorRT can have built a precision, its default first.
+
+    `edgescreen engine build --int8-mode` may pick the non-default INT8 path; the runtime must
+    still find that engine (its key records which path made it).
+    """
+    default = default_quantization(trt_version, precision)
+    if precision == "int8" and trt_major(trt_version) < 11:
+        return (default, "implicit" if default == "explicit" else "explicit")
+    return (default,)

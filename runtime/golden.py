@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,9 +32,11 @@ import numpy as np
 
 from .artifacts import choose_artifact
 from .backends import Backend, backend_names, infer_in_batches, open_backend
-from .card import ModelCard, atomic_write, load_card, sha256_file
+from .card import ModelCard, atomic_write, bundle_sha256, load_card, sha256_file
 from .errors import BackendUnavailable, CardError, EdgescreenError
 from .postprocess import activate, interpret_batch
+
+log = logging.getLogger(__name__)
 
 GOLDEN_DIR = "golden"
 MANIFEST = "manifest.json"
@@ -297,21 +301,50 @@ def selftest(
         return report
     try:
         report = run_selftest(runner, card, golden, precision)
+        if report.ready and runner.name == "tensorrt":  # screening need not test it again
+            engine = bundle / runner.artifact
+            digest = sha256_file(engine)
+            _record_pass(_marker(digest, card), engine, digest, report)
     finally:
         runner.close()
     report.bundle = str(bundle)
     return report
 
 
+def state_dir() -> Path:
+    """Where run-time state goes, never into the bundle (a service may only read it):
+    $EDGESCREEN_STATE_DIR, else systemd's $STATE_DIRECTORY, else ~/.cache/edgescreen."""
+    for var in ("EDGESCREEN_STATE_DIR", "STATE_DIRECTORY"):
+        if os.environ.get(var):
+            return Path(os.environ[var].split(":")[0])
+    return Path.home() / ".cache" / "edgescreen"
+
+
+def _marker(engine_sha256: str, card: ModelCard) -> Path:
+    # Keyed by the plan's bytes and the bundle (its golden set): a rebuilt plan is tested again.
+    return state_dir() / "selftest" / f"{engine_sha256[:24]}-{bundle_sha256(card)[:12]}.json"
+
+
+def _record_pass(marker: Path, engine: Path, digest: str, report: SelfTestReport) -> None:
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        data = {"engine": str(engine), "engine_sha256": digest, **report.to_dict()}
+        atomic_write(marker, json.dumps(data, indent=2).encode())
+    except OSError as exc:  # the engine passed; not remembering it only costs a re-test
+        log.warning(
+            "could not record the self-test in %s (%s); it runs again next time", marker, exc
+        )
+
+
 def ensure_selftest(backend: Backend, bundle: Path, card: ModelCard, precision: str) -> None:
     """Self-test a TensorRT engine once per new plan; refuse an engine that fails it.
 
-    A passing run leaves `<engine>.selftest.json` holding the engine's sha256, so a rebuilt
-    plan (same name, new bytes) is tested again and an unchanged one costs one hash.
+    A pass is remembered in the state directory (state_dir), keyed by the plan's sha256, so
+    an unchanged engine costs one hash at start and a rebuilt one is tested again.
     """
     engine = bundle / backend.artifact
-    marker = engine.with_name(engine.name + ".selftest.json")
     digest = sha256_file(engine)
+    marker = _marker(digest, card)
     try:
         if json.loads(marker.read_text()).get("engine_sha256") == digest:
             return
@@ -327,14 +360,13 @@ def ensure_selftest(backend: Backend, bundle: Path, card: ModelCard, precision: 
             f"({'; '.join(report.reasons)}); rebuild it or screen with --backend onnxruntime"
         )
     report.bundle = str(bundle)
-    atomic_write(
-        marker, json.dumps({"engine_sha256": digest, **report.to_dict()}, indent=2).encode()
-    )
+    _record_pass(marker, engine, digest, report)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
 def cmd_selftest(args: argparse.Namespace) -> int:
-    report = selftest(args.bundle, args.precision, args.backend)
+    options = {} if args.dla is None else {"dla_core": args.dla}
+    report = selftest(args.bundle, args.precision, args.backend, **options)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -353,6 +385,9 @@ def add_selftest_command(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--backend", choices=("auto", *backend_names()), default="auto")
+    p.add_argument(
+        "--dla", type=int, default=None, metavar="N", help="the DLA core's engine (tensorrt)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_selftest)
     return p

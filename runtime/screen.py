@@ -39,13 +39,16 @@ class Screener:
         threads: int | None = None,
         workers: int = 2,
         verify: bool = True,
+        dla_core: int | None = None,
     ) -> None:
+        """`dla_core` runs the TensorRT engine built for that DLA core (Jetson Orin AGX/NX)."""
         self.bundle = Path(bundle)
         self.card = load_card(self.bundle)
         self.precision = precision
-        self.backend: Backend = open_backend(
-            self.bundle, self.card, precision, backend, threads=threads, verify=verify
-        )
+        options = {"threads": threads, "verify": verify}
+        if dla_core is not None:
+            options["dla_core"] = dla_core
+        self.backend: Backend = open_backend(self.bundle, self.card, precision, backend, **options)
         if self.backend.name == "tensorrt":
             # Engines are built per device, not listed in the card: each new one is checked
             # against the golden set once, with this very engine, before it screens anyone.
@@ -138,7 +141,9 @@ class Screener:
         batch.clear()
 
     def _prepare(self, image: ImageInput, name: str) -> Prepared:
-        return prepare_source(image, self.card, name=name)
+        prepared = prepare_source(image, self.card, name=name)
+        prepared.picture = None  # only training augments it; the window holds the tensor alone
+        return prepared
 
     def _early(self, p: Prepared) -> ScreeningResult:
         if p.status == "failed":

@@ -54,7 +54,10 @@ REGISTRY: dict[str, BackendSpec] = {
             "tensorrt",
             "edgescreen.runtime.backends.trt:TrtBackend",
             "tensorrt",
-            "on a Jetson: sudo apt install python3-libnvinfer python3-pycuda (JetPack 6); "
+            # Not apt's python3-pycuda: it is built against the system numpy, which the
+            # venv's numpy 2 replaces, and then it fails to import.
+            "on a Jetson: sudo apt install python3-libnvinfer (JetPack 6), then in the venv "
+            "CUDA_ROOT=/usr/local/cuda pip install pycuda (jetson/setup.sh does both); "
             "on a GPU host: pip install tensorrt pycuda",
         ),
     )

@@ -1,6 +1,6 @@
 """The CUDA side of the TensorRT backend, in one small module: context, stream, buffers.
 
-pycuda (JetPack's python3-pycuda) is the only thing imported here, lazily, so that
+pycuda (built in the venv against JetPack's CUDA) is the only thing imported here, lazily, so that
 swapping it for cuda-python touches this file alone. TensorRT itself uses the CUDA
 runtime API, which works in the device's *primary* context; we retain that context
 instead of making a new one (what pycuda.autoinit does) and push it around every call,

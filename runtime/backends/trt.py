@@ -27,9 +27,9 @@ from ..engine_cache import (
     EngineKey,
     StaleEngine,
     check_engine,
-    default_quantization,
     find_engine,
     make_key,
+    quantizations,
 )
 from ..errors import BackendUnavailable, EdgescreenError
 from . import REGISTRY, cuda_mem
@@ -71,17 +71,15 @@ def current_device(trt: Any = None, ordinal: int = 0) -> DeviceInfo:
     )
 
 
-def engine_key(
+def engine_keys(
     card: ModelCard, precision: str, device: DeviceInfo, dla_core: int | None = None
-) -> EngineKey:
-    """The cache key of the engine this device needs for the card's model and precision."""
-    return make_key(
-        card,
-        precision,
-        device,
-        dla_core=dla_core,
-        quantization=default_quantization(device.trt_version, precision),
-    )
+) -> list[EngineKey]:
+    """The keys an engine for the card's model and precision may carry on this device, the
+    default build path's first (an engine built with a non-default --int8-mode is still found)."""
+    return [
+        make_key(card, precision, device, dla_core=dla_core, quantization=q)
+        for q in quantizations(device.trt_version, precision)
+    ]
 
 
 def engine_available(
@@ -98,23 +96,36 @@ def engine_available(
     auto-selection. False where TensorRT or pycuda is missing.
     """
     try:
-        key = engine_key(card, precision, device or current_device(), dla_core)
-        return find_engine(bundle, key, verify_hash=False).found
+        keys = engine_keys(card, precision, device or current_device(), dla_core)
+        return any(find_engine(bundle, key, verify_hash=False).found for key in keys)
     except (EdgescreenError, OSError, ValueError):
         return False
 
 
-def locate_engine(bundle: Path, key: EngineKey) -> Path:
-    """The engine to load: the cached one for this key, else refuse naming the build command."""
-    found = find_engine(bundle, key)
-    if found.path is not None:
-        return found.path
+def locate_engine(bundle: Path, keys: list[EngineKey]) -> Path:
+    """The engine to load: a cached one for one of `keys`, else refuse naming the build command."""
+    lookups = [find_engine(bundle, key) for key in keys]
+    for found in lookups:
+        if found.path is not None:
+            return found.path
     # The runtime never builds: a build takes minutes on a Jetson and lives in edgescreen.export
     # (the runtime imports nothing of ours: README, Layout). jetson/build-and-selftest.sh builds them.
     raise StaleEngine(
-        f"{found.explain()}; build one on this device with `edgescreen engine build {bundle} "
-        f"--precision {key.precision}`"
+        f"{lookups[0].explain()}; build one on this device with `edgescreen engine build {bundle} "
+        f"--precision {keys[0].precision}`"
     )
+
+
+def check_engine_file(plan: Path, keys: list[EngineKey], *, verify_hash: bool) -> None:
+    """Refuse an engine file unless it carries one of `keys` (the first key's reasons if none)."""
+    errors = []
+    for key in keys:
+        try:
+            check_engine(plan, key, verify_hash=verify_hash)
+            return
+        except StaleEngine as exc:
+            errors.append(exc)
+    raise errors[0]
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -143,32 +154,32 @@ class TrtBackend:
         self._buffers: dict[str, cuda_mem.HostDeviceBuffer] = {}
         self._stream = None
         self.context = self.engine = self._runtime = None
+        self.precision = precision
+        self.device = f"cuda:{device_ordinal}" + (f"+dla{dla_core}" if dla_core is not None else "")
         self._cuda_ctx = cuda_mem.CudaContext(device_ordinal)
-        with self._cuda_ctx:
-            key = engine_key(card, precision, current_device(trt, device_ordinal), dla_core)
-            if engine is not None:
-                # Refuse another model's, device's or TensorRT's plan before TensorRT touches it.
-                plan = Path(engine)
-                check_engine(plan, key, verify_hash=verify)
-            else:
-                plan = locate_engine(bundle, key)
-            self.engine_path = plan
-            self.artifact = (
-                str(plan.relative_to(bundle)) if plan.is_relative_to(bundle) else str(plan)
-            )
-            self.precision = precision
-            self.device = f"cuda:{device_ordinal}" + (
-                f"+dla{dla_core}" if dla_core is not None else ""
-            )
-            try:
-                self._load(plan)
-            except BaseException:
-                self._release()
-                raise
+        try:  # from here on the retained CUDA context is ours: released whatever fails
+            with self._cuda_ctx:
+                keys = engine_keys(card, precision, current_device(trt, device_ordinal), dla_core)
+                if engine is not None:
+                    # Refuse another model's, device's or TensorRT's plan before TensorRT touches it.
+                    plan = Path(engine)
+                    check_engine_file(plan, keys, verify_hash=verify)
+                else:
+                    plan = locate_engine(bundle, keys)
+                self.engine_path = plan
+                self.artifact = (
+                    str(plan.relative_to(bundle)) if plan.is_relative_to(bundle) else str(plan)
+                )
+                self._load(plan, dla_core)
+        except BaseException:
+            self.close()
+            raise
 
-    def _load(self, plan: Path) -> None:
+    def _load(self, plan: Path, dla_core: int | None) -> None:
         trt = self._trt
         self._runtime = trt.Runtime(_logger(trt))
+        if dla_core is not None:  # a DLA plan deserialises onto the core the runtime names
+            self._runtime.DLA_core = dla_core
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise StaleEngine(

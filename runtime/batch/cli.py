@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..backends import backend_names
 from ..card import is_referral
 
 EXIT_OK, EXIT_SOME_FAILED = 0, 1
@@ -36,7 +37,10 @@ def add_batch_command(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--backend", choices=("auto", *backend_names()), default="auto")
+    p.add_argument(
+        "--dla", type=int, default=None, metavar="N", help="TensorRT engine of DLA core N (Orin)"
+    )
     p.add_argument("--report", type=Path, help="write a self-contained HTML report here")
     p.add_argument("--csv", type=Path, help="write a flat CSV export here")
     p.add_argument(
@@ -65,6 +69,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         backend=args.backend,
         workers=args.workers,
         threads=args.threads,
+        dla_core=args.dla,
         batch_size=args.batch_size,
         watch=args.watch,
         poll_s=args.poll,

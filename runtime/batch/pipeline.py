@@ -52,6 +52,7 @@ class BatchOptions:
     backend: str = "auto"
     workers: int = 2
     threads: int | None = None
+    dla_core: int | None = None
     batch_size: int = 8
     watch: bool = False
     poll_s: float = 1.0
@@ -117,6 +118,7 @@ def run_batch(
             threads=opts.threads,
             workers=opts.workers,
             verify=opts.verify,
+            dla_core=opts.dla_core,
         ) as screener:
             ledger.bind(screener.audit["bundle_sha256"], opts.precision, screener.card.name)
             stability = Stability(quiet_s=opts.poll_s) if opts.watch else None

@@ -135,8 +135,9 @@ def test_oct_and_cxr_decisions(tmp_path):
     assert b.positive_findings == [] and b.decision == "none"
 
 
-def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path):
-    """The self-test runs on the open backend itself (no second engine), once per new plan.
+def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path, monkeypatch):
+    """The self-test runs on the open backend itself (no second engine), once per new plan,
+    and remembers a pass in the state directory, never in the (read-only) bundle.
 
     The TensorRT run itself needs a GPU; here a stand-in backend answers with the golden
     outputs (a good engine) or with shifted ones (a bad one).
@@ -149,6 +150,8 @@ def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path):
     from edgescreen.runtime.backends import open_backend
     from edgescreen.runtime.golden import ensure_selftest, load_golden
 
+    state = tmp_path / "state"
+    monkeypatch.setenv("EDGESCREEN_STATE_DIR", str(state))
     bundle = make_bundle(tmp_path / "b", size=32)
     card = load_card(bundle)
     x = np.random.default_rng(0).normal(0, 1, (4, *card.input.shape)).astype(np.float32)
@@ -170,15 +173,17 @@ def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path):
             calls.append(len(batch))
             return {k: v[: len(batch)] + self.shift for k, v in golden.outputs.items()}
 
+    before = sorted(p for p in bundle.rglob("*"))
     with pytest.raises(BackendUnavailable, match="failed its self-test.*relative error"):
         ensure_selftest(StandIn(5.0), bundle, card, "fp16")
-    marker_path = bundle / "engines" / "fp16-sm87.engine.selftest.json"
-    assert not marker_path.exists()
+    assert not state.exists()
 
     ensure_selftest(StandIn(0.0), bundle, card, "fp16")
     ensure_selftest(StandIn(0.0), bundle, card, "fp16")  # unchanged engine: no second run
+    (marker_path,) = (state / "selftest").glob("*.json")
     marker = json.loads(marker_path.read_text())
     assert marker["ready"] is True and len(calls) == 2  # the failed run, then one passing run
+    assert sorted(p for p in bundle.rglob("*")) == before  # nothing written into the bundle
     engine.write_bytes(b"plan v2, rebuilt")
     ensure_selftest(StandIn(0.0), bundle, card, "fp16")
     assert len(calls) == 3
