@@ -1,18 +1,16 @@
 """Engine builder: argument validation and build-path selection on CPU.
 
-`plan_build` is pure. `FakeTrt` below is a TEST DOUBLE: a stub of the few TensorRT
-names build_engine touches, used only to record which flags and profile the builder
-sets. Its build_serialized_network returns None (a failed build), so no test ever
-gets an engine, or a result, out of it. Real builds are the tensorrt-marked tests.
+`plan_build` is pure. `FakeTrt` is the TEST DOUBLE of tests/trt_doubles.py: it records
+which flags and profile the builder sets and serialises a stand-in plan (never a TensorRT
+result), so writing the engine, its sidecar and the timing cache run on a CPU too. Real
+builds are the tensorrt-marked tests.
 """
 
 from __future__ import annotations
 
-import enum
-import types
-
 import numpy as np
 import pytest
+import trt_doubles
 
 from edgescreen.export.cli import add_engine_command
 from edgescreen.export.trt import (
@@ -24,7 +22,7 @@ from edgescreen.export.trt import (
     plan_build,
 )
 from edgescreen.runtime.card import artifact_entry, load_card, save_card
-from edgescreen.runtime.engine_cache import DeviceInfo
+from edgescreen.runtime.engine_cache import DeviceInfo, read_sidecar
 
 ORIN = DeviceInfo("Orin", (8, 7), "10.3.0", 8)
 NANO = DeviceInfo("NVIDIA Tegra X1", (5, 3), "8.2.1", 1)
@@ -163,117 +161,24 @@ def test_calibration_images_and_batches(bundle, tmp_path):
         calibration_images(bundle, card.replace(calibration={"images": [{"path": "nope.png"}]}))
 
 
-# -- TEST DOUBLE: records what build_engine asks of TensorRT; never produces an engine -----------
-class FakeTrt(types.SimpleNamespace):
-    """Stub of the TensorRT names build_engine uses. Labelled test double, never a result."""
+# -- builds against the TensorRT test double (tests/trt_doubles.py): it records what
+# build_engine asks and serialises a stand-in plan, so writing the engine runs here too ------------
+def FakeTrt(version="10.3.0", parse_ok=True, build_ok=True):  # noqa: N802 - reads as the double
+    return trt_doubles.FakeTrt(None, version=version, parse_ok=parse_ok, build_ok=build_ok)
 
-    def __init__(self, version="10.3.0", parse_ok=True):
-        calls: list = []
-        flag = enum.IntEnum("BuilderFlag", "FP16 INT8 GPU_FALLBACK", start=0)
-        netflag = enum.IntEnum(
-            "NetworkDefinitionCreationFlag", "EXPLICIT_BATCH STRONGLY_TYPED", start=0
-        )
 
-        class Logger:
-            WARNING, VERBOSE = 2, 4
-
-            def __init__(self, level):
-                pass
-
-        class Profile:
-            def set_shape(self, name, lo, opt, hi):
-                calls.append(("profile", name, lo, opt, hi))
-
-        class Config:
-            def set_memory_pool_limit(self, pool, size):
-                calls.append(("workspace", size))
-
-            def set_flag(self, f):
-                calls.append(("flag", f.name))
-
-            def add_optimization_profile(self, p):
-                calls.append(("add_profile",))
-
-            def create_timing_cache(self, blob):
-                calls.append(("timing_cache", len(blob)))
-                return object()
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                calls.append(("set_timing_cache", ignore_mismatch))
-
-            def __setattr__(self, name, value):
-                calls.append(("config", name, value))
-
-        class Network:
-            num_inputs = 1
-
-            def get_input(self, i):
-                return types.SimpleNamespace(name="input")
-
-        class Err:
-            def node(self):
-                return 3
-
-            def node_operator(self):
-                return "Conv"
-
-            def node_name(self):
-                return "conv0"
-
-            def desc(self):
-                return "weights are not initializers"
-
-        class Parser:
-            num_errors = 0 if parse_ok else 1
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse_from_file(self, path):
-                calls.append(("parse", path))
-                return parse_ok
-
-            def get_error(self, i):
-                return Err()
-
-        class Builder:
-            num_DLA_cores = 2
-            platform_has_fast_int8 = True
-
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                calls.append(("network", flags))
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                calls.append(("build",))
-                return None  # a failed build: the double never yields an engine
-
-        super().__init__(
-            __version__=version,
-            Logger=Logger,
-            Builder=Builder,
-            OnnxParser=Parser,
-            BuilderFlag=flag,
-            NetworkDefinitionCreationFlag=netflag,
-            MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
-            DeviceType=types.SimpleNamespace(DLA="DLA", GPU="GPU"),
-            calls=calls,
-        )
+def test_a_failed_build_writes_nothing(bundle):
+    trt = FakeTrt(build_ok=False)
+    with pytest.raises(BuildError, match="failed to build the int8 engine"):
+        build_engine(bundle, "int8", workspace_mb=256, trt=trt, device=ORIN)
+    assert trt.calls[-1] == ("build",)
+    assert not list((bundle / "engines").glob("*.engine"))  # nothing written on failure
+    assert not (bundle / "engines" / "timing.cache").exists()
 
 
 def test_build_engine_sets_the_planned_flags(bundle):
     trt = FakeTrt()
-    with pytest.raises(BuildError, match="failed to build the int8 engine"):
-        build_engine(bundle, "int8", workspace_mb=256, trt=trt, device=ORIN)
+    plan = build_engine(bundle, "int8", workspace_mb=256, trt=trt, device=ORIN)
     calls = trt.calls
     assert ("network", 0) in calls  # TensorRT 10: create_network(0), explicit batch is the default
     assert ("parse", str(bundle / "model.int8.onnx")) in calls
@@ -283,13 +188,17 @@ def test_build_engine_sets_the_planned_flags(bundle):
     assert ("profile", "input", (lo, 3, 32, 32), (opt, 3, 32, 32), (hi, 3, 32, 32)) in calls
     assert ("timing_cache", 0) in calls and ("set_timing_cache", False) in calls
     assert calls[-1] == ("build",)
-    assert not list((bundle / "engines").glob("*.engine"))  # nothing written on failure
+    # The plan, its sidecar and the timing cache are written, and a second build reuses it.
+    assert plan.is_file() and read_sidecar(plan)["source_file"] == "model.int8.onnx"
+    assert (bundle / "engines" / "timing.cache").is_file()
+    again = FakeTrt()
+    assert build_engine(bundle, "int8", workspace_mb=256, trt=again, device=ORIN) == plan
+    assert ("build",) not in again.calls
 
 
 def test_build_engine_dla_and_trt8_network_flags(bundle):
     trt = FakeTrt()
-    with pytest.raises(BuildError):
-        build_engine(bundle, "fp16", dla_core=1, trt=trt, device=ORIN, timing_cache=False)
+    build_engine(bundle, "fp16", dla_core=1, trt=trt, device=ORIN, timing_cache=False)
     assert ("config", "default_device_type", "DLA") in trt.calls and (
         "config",
         "DLA_core",
@@ -298,8 +207,7 @@ def test_build_engine_dla_and_trt8_network_flags(bundle):
     assert [c[1] for c in trt.calls if c[0] == "flag"] == ["FP16", "GPU_FALLBACK"]
     assert not any(c[0] == "timing_cache" for c in trt.calls)
     old = FakeTrt("8.6.1")
-    with pytest.raises(BuildError):
-        build_engine(bundle, "fp16", trt=old, device=DeviceInfo("Xavier", (7, 2), "8.6.1", 8))
+    build_engine(bundle, "fp16", trt=old, device=DeviceInfo("Xavier", (7, 2), "8.6.1", 8))
     assert ("network", 1 << 0) in old.calls  # EXPLICIT_BATCH before TensorRT 10
 
 
