@@ -160,11 +160,15 @@ def compile_torch_trt(
 
     target = Path(out) if out else bundle / "engines" / f"torch_trt-{precision}.ep"
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch_tensorrt.save(compiled, str(target), **save_options(torch_tensorrt.save, torch, spec))
+    params = _parameters(torch_tensorrt.save)
+    options = save_options(params, torch, spec, card.input.batch, (c, h, w))
+    torch_tensorrt.save(compiled, str(target), **options)
     return target
 
 
-def save_options(save: Any, torch: Any, spec: Any) -> dict[str, Any]:
+def save_options(
+    save_params: frozenset[str], torch: Any, spec: Any, batch: tuple[int, int, int], sample: tuple
+) -> dict[str, Any]:
     """How to keep the dynamic batch through torch_tensorrt.save's re-trace.
 
     Given one concrete tensor, save re-traces with that shape and the saved program only
@@ -172,16 +176,12 @@ def save_options(save: Any, torch: Any, spec: Any) -> dict[str, Any]:
     a batch Dim over the card's profile (torch.export's own form); older ones get the
     min/opt/max Input spec the program was compiled with.
     """
-    key = "arg_inputs" if _accepts(save, "arg_inputs") else "inputs"
-    lo, opt, hi = (
-        spec.shape["min_shape"][0],
-        spec.shape["opt_shape"][0],
-        spec.shape["max_shape"][0],
-    )
-    if _accepts(save, "dynamic_shapes"):
-        example = torch.randn(opt, *spec.shape["opt_shape"][1:], device="cuda")
-        batch = torch.export.Dim("batch", min=lo, max=hi)
-        return {key: [example], "dynamic_shapes": {"x": {0: batch}}}  # ExportView.forward(x)
+    lo, opt, hi = batch
+    key = "arg_inputs" if "arg_inputs" in save_params else "inputs"
+    if "dynamic_shapes" in save_params:
+        example = torch.randn(opt, *sample, device="cuda")
+        dim = torch.export.Dim("batch", min=lo, max=hi)
+        return {key: [example], "dynamic_shapes": {"x": {0: dim}}}  # ExportView.forward(x)
     return {key: [spec]}
 
 

@@ -18,7 +18,7 @@ from edgescreen.runtime.errors import BackendUnavailable
 
 torch = pytest.importorskip("torch")
 
-from edgescreen.export.torch_trt import compile_options  # noqa: E402
+from edgescreen.export.torch_trt import compile_options, save_options  # noqa: E402
 
 HAVE_TORCH_TRT = importlib.util.find_spec("torch_tensorrt") is not None
 
@@ -61,6 +61,26 @@ def test_strongly_typed_releases_get_autocast_for_fp16():
     assert compile_options("fp32", PARAMS_2_14, torch) == {}
     with pytest.raises(BackendUnavailable, match="FP16"):
         compile_options("fp16", frozenset({"exported_program"}), torch)
+
+
+def test_save_keeps_the_dynamic_batch():
+    """A saved program re-traced from one concrete tensor takes only that batch size."""
+    import types
+
+    made = []
+    fake_torch = types.SimpleNamespace(
+        randn=lambda *shape, device: made.append((shape, device)) or "example",
+        export=types.SimpleNamespace(Dim=lambda name, min, max: (name, min, max)),
+    )
+    spec = object()  # the min/opt/max Input the program was compiled with
+    newer = save_options(
+        frozenset({"arg_inputs", "dynamic_shapes"}), fake_torch, spec, (1, 8, 32), (3, 64, 64)
+    )
+    assert newer == {"arg_inputs": ["example"], "dynamic_shapes": {"x": {0: ("batch", 1, 32)}}}
+    assert made == [((8, 3, 64, 64), "cuda")]
+    assert save_options(frozenset({"inputs"}), fake_torch, spec, (1, 8, 32), (3, 64, 64)) == {
+        "inputs": [spec]
+    }
 
 
 @pytest.mark.skipif(HAVE_TORCH_TRT, reason="checks the message where torch-tensorrt is missing")
