@@ -30,7 +30,8 @@ def bundle(tmp_path_factory):
 @pytest.mark.skipif(HAVE_TRT, reason="checks the message where TensorRT is missing")
 def test_missing_tensorrt_gives_the_install_hint(bundle):
     with pytest.raises(
-        BackendUnavailable, match=r"sudo apt install python3-libnvinfer .*CUDA_ROOT=/usr/local/cuda pip install pycuda"
+        BackendUnavailable,
+        match=r"sudo apt install python3-libnvinfer .*CUDA_ROOT=/usr/local/cuda pip install pycuda",
     ):
         open_backend(bundle, load_card(bundle), "fp16", "tensorrt")
 
