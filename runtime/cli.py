@@ -67,11 +67,42 @@ def cmd_screen(args: argparse.Namespace) -> int:
         for result in screener.screen_many(args.images, batch_size=args.batch_size):
             results.append(result)
             bar.advance(task)
+    if args.heatmap is not None:
+        _write_heatmaps(results, args.heatmap, screener.card)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         _print_screen_table(results)
     return EXIT_SOME_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+
+
+HEATMAP_SIDE = 384
+
+
+def _write_heatmaps(results, folder: Path, card) -> None:
+    """One `<photo>.heatmap.jpg` per screened photo: its heatmap over what the model saw.
+
+    The photo is decoded again here (only when asked for): screening keeps no pixels.
+    """
+    import cv2
+    import numpy as np
+
+    from .imageio import decode
+    from .overlay import overlay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        if r.status != "ok" or r.heatmap is None:
+            continue
+        image = decode(r.image, max_pixels=card.input.max_pixels).image
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+        if bgr.dtype != np.uint8:
+            bgr = cv2.convertScaleAbs(bgr, alpha=255.0 / 65535.0)
+        m = r.quality.get("measurements", {})
+        picture = overlay(
+            bgr, r.heatmap, m, crop_to_disc=card.preprocessing.crop_to_disc, side=HEATMAP_SIDE
+        )
+        cv2.imwrite(str(folder / f"{Path(r.image).name}.heatmap.jpg"), picture)
 
 
 def _print_screen_table(results) -> None:
@@ -192,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
         "--dla", type=int, default=None, metavar="N", help="TensorRT engine of DLA core N (Orin)"
+    )
+    p.add_argument(
+        "--heatmap",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each photo's heatmap overlay to DIR/<photo>.heatmap.jpg",
     )
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per image")
 

@@ -25,11 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from ..errors import ImageError
 from ..imageio import Decoded, decode, read_file
+from ..overlay import heatmap_png
 from ..prepare import failure
 from ..results import ScreeningResult
 from ..screen import Screener
@@ -39,7 +37,6 @@ from .report import thumbnail_jpeg
 from .sniff import Sniffed, pixel_limit_problem, sniff
 
 CRASH_ENV = "EDGESCREEN_BATCH_CRASH_AT"  # tests: SIGKILL ourselves at the k-th crash point
-HEATMAP_SIDE = 64
 _MAX_ONESHOT_PASSES = 4
 
 
@@ -421,16 +418,6 @@ def _commit(
     stats.screened += 1
     stats.finished[state] += 1
     progress.advance(state)
-
-
-def heatmap_png(heatmap: np.ndarray | None) -> bytes | None:
-    if heatmap is None:
-        return None
-    small = cv2.resize(
-        np.asarray(heatmap, np.float32), (HEATMAP_SIDE, HEATMAP_SIDE), interpolation=cv2.INTER_AREA
-    )
-    ok, buf = cv2.imencode(".png", np.clip(np.rint(small * 255), 0, 255).astype(np.uint8))
-    return buf.tobytes() if ok else None
 
 
 def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:

@@ -31,6 +31,7 @@ import numpy as np
 from ..card import atomic_write
 from ..errors import ImageError
 from ..imageio import decode, read_file
+from ..overlay import overlay
 from .ledger import Item, Ledger
 from .patients import Patient, group
 
@@ -209,7 +210,8 @@ def _thumbs(
             picture, cv2.COLOR_RGB2BGR if picture.ndim == 3 else cv2.COLOR_GRAY2BGR
         )
         m = (item.result or {}).get("quality", {}).get("measurements", {})
-        heat = _jpeg(_overlay(picture, item.heatmap_png, m, crop_to_disc))
+        stored = cv2.imdecode(np.frombuffer(item.heatmap_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        heat = _jpeg(overlay(picture, stored, m, crop_to_disc=crop_to_disc, side=THUMB_SIDE))
     return _data_uri(jpeg), heat
 
 
@@ -238,24 +240,6 @@ def _fit(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(
         image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
     )
-
-
-def _overlay(image: np.ndarray, heat_png: bytes, m: dict, crop_to_disc: bool) -> np.ndarray:
-    """The heatmap over the part of the photo the model saw (the disc square for fundus)."""
-    h, w = image.shape[:2]
-    if crop_to_disc and m.get("disc_found") and m.get("width"):
-        s = w / m["width"]  # the thumbnail is smaller than the image the measurements are of
-        cx, cy, r = (m["disc_cx"] + 0.5) * s, (m["disc_cy"] + 0.5) * s, m["disc_radius"] * s
-        x0, y0, side = round(cx - r), round(cy - r), max(1, round(2 * r))
-        pads = (max(0, -y0), max(0, y0 + side - h), max(0, -x0), max(0, x0 + side - w))
-        crop = image[max(y0, 0) : min(y0 + side, h), max(x0, 0) : min(x0 + side, w)]
-        base = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_CONSTANT, value=0) if any(pads) else crop
-        base = cv2.resize(base, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    else:  # other modalities: the whole image, stretched to the square input
-        base = cv2.resize(image, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    heat = cv2.imdecode(np.frombuffer(heat_png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    heat = cv2.resize(heat, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(base, 0.55, cv2.applyColorMap(heat, cv2.COLORMAP_JET), 0.45, 0)
 
 
 def _jpeg(image: np.ndarray) -> str:

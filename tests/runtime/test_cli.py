@@ -69,3 +69,27 @@ def test_info_verify_refuses_a_tampered_bundle(dr_bundle, tmp_path):
 def test_info_json(dr_bundle):
     out = run("info", dr_bundle, "--json")
     assert json.loads(out.stdout)["card"]["task"] == "dr_grading"
+
+
+def test_screen_heatmap_overlays_are_smooth(dr_bundle, fundus_dir, tmp_path):
+    photos = sorted((fundus_dir / "images").glob("*.jpg"))[:2]
+    out = run("screen", *photos, "--bundle", dr_bundle, "--heatmap", tmp_path / "heat", "--json")
+    assert out.returncode == 0, out.stderr
+    for photo in photos:
+        picture = cv2.imread(str(tmp_path / "heat" / f"{photo.name}.heatmap.jpg"))
+        assert picture is not None and picture.shape == (384, 384, 3)
+        # Smooth, not blocks: neighbouring pixels differ little almost everywhere.
+        step = np.abs(np.diff(picture.astype(np.int16), axis=1)).max(axis=2)
+        assert np.percentile(step, 99) < 40
+
+
+def test_stored_heatmap_is_upsampled_smoothly():
+    from edgescreen.runtime.overlay import STORED_SIDE, heatmap_png
+
+    cells = np.zeros((5, 5), np.float32)
+    cells[2, 2] = 1.0  # one hot cell: blocky upsampling gives a 13 px plateau with hard edges
+    stored = cv2.imdecode(np.frombuffer(heatmap_png(cells), np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert stored.shape == (STORED_SIDE, STORED_SIDE)
+    row = stored[STORED_SIDE // 2].astype(int)
+    assert np.abs(np.diff(row)).max() < 60  # no cliff
+    assert (row == row.max()).sum() <= 4  # a peak, not a plateau
