@@ -67,6 +67,7 @@ def run_bench(
     min_iters: int = 20,
     progress: bool = True,
     drift_label: str | None = None,
+    camera: Path | None = None,
 ) -> dict[str, Any]:
     """Run the suites and (when `out` is set) write the results; returns the results dict."""
     from edgescreen.runtime.card import bundle_sha256, load_card
@@ -123,6 +124,13 @@ def run_bench(
             precision="int8" if int8 else "fp32",
             threads=threads,
         )
+    if camera is not None:
+        from .camera import run_camera
+
+        int8 = any(a.precision == "int8" for a in card.artifacts.values())
+        data["camera"] = run_camera(
+            bundle, camera, precision="int8" if int8 else "fp32", threads=threads
+        )
     if eval_samples:
         from .drift import drift_rows
 
@@ -169,6 +177,14 @@ def add_bench_command(sub) -> None:
     p.add_argument(
         "--min-seconds", type=float, default=3.0, help="timing per latency configuration"
     )
+    p.add_argument(
+        "--camera",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="camera-resolution originals (fundus-dr-srahim-fullres layout): pipeline beside "
+        "their 768 px copies",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -188,6 +204,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds,
         progress=not args.json,
         drift_label=args.data,
+        camera=args.camera,
     )
     if args.json:
         print(json.dumps(data, indent=2))

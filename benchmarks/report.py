@@ -146,8 +146,38 @@ def markdown(data: dict[str, Any]) -> str:
         if "runtime_vs_naive" in p:
             lines.append(f"Runtime vs naive: **{p['runtime_vs_naive']:.2f}×**. ")
         lines.append(
-            f"Runtime vs the slower of its decode-only and infer-only bounds: **{p['runtime_vs_bound']:.2f}×**."
+            f"Runtime vs the slower of its decode-only and infer-only bounds: **{p['runtime_vs_bound']:.2f}×**"
+            + (
+                f"; vs their summed work (the bound where both share the CPU cores): "
+                f"**{p['runtime_vs_shared_bound']:.2f}×**."
+                if "runtime_vs_shared_bound" in p
+                else "."
+            )
         )
+    cam = data.get("camera")
+    if cam:
+        lines += [
+            "",
+            f"## Camera-resolution uploads ({cam['photos']} originals beside their 768 px copies, "
+            f"{cam['precision']}, {cam['workers']} prepare workers)",
+            "",
+            "| input | images/s | decode ms | gate ms | preprocess ms | infer ms | bound (shared cores) | bound (GPU) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for key in ("originals", "copies_768"):
+            r, ms = cam[key], cam[key]["ms_per_image"]
+            lines.append(
+                f"| {key.replace('_', ' ')} | {_fmt(r['images_per_s'], 1)} | {_fmt(ms['decode'], 1)} | "
+                f"{_fmt(ms['quality'], 1)} | {_fmt(ms['preprocess'], 1)} | {_fmt(ms['infer'], 1)} | "
+                f"{_fmt(r['bounds']['shared_cores'], 1)} ({r['vs_shared_cores_bound']:.2f}×) | "
+                f"{_fmt(r['bounds']['separate_devices'], 1)} ({r['vs_separate_devices_bound']:.2f}×) |"
+            )
+        agree = cam["agreement"]
+        lines += [
+            "",
+            f"Originals and copies get the same grade and decision for "
+            f"{agree['same_grade_and_decision']} of {agree['of']}.",
+        ]
     if data.get("drift"):
         lines += [
             "",

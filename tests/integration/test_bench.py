@@ -69,3 +69,38 @@ def test_floors_compare_the_right_way():
     assert floors["INT8 (TensorRT form) |ΔQWK|"] is False  # |-0.02| > 0.01
     assert floors["INT8 (TensorRT form) decision flips"] is True
     assert floors["FP16 |ΔQWK|"] is True
+
+
+def test_camera_resolution_beside_the_copies(dr_bundle):
+    """Originals and their 768 px copies in one run: stage times, both bounds, agreement."""
+    from conftest import shared_set
+
+    from edgescreen.benchmarks.camera import bounds, run_camera
+    from edgescreen.benchmarks.report import markdown
+
+    fullres = shared_set("fundus-dr-srahim-fullres")
+    cam = run_camera(dr_bundle, fullres, precision="fp32", limit=3, batch_size=2)
+    assert cam["photos"] == 3 and cam["agreement"]["of"] == 3
+    for key in ("originals", "copies_768"):
+        run = cam[key]
+        assert run["images"] == 3 and set(run["ms_per_image"]) == {
+            "decode",
+            "quality",
+            "preprocess",
+            "infer",
+        }
+        assert run["bounds"]["shared_cores"] <= run["bounds"]["separate_devices"]
+    # 100 and 50 images/s of prepare and inference sharing cores: 1 / (1/100 + 1/50).
+    assert bounds(100.0, 50.0) == pytest.approx({"shared_cores": 100 / 3, "separate_devices": 50.0})
+    page = markdown(
+        {
+            "machine": {},
+            "bundle": {},
+            "date": "today",
+            "latency": [],
+            "ratios": {},
+            "floors": [],
+            "camera": cam,
+        }
+    )
+    assert "Camera-resolution uploads (3 originals" in page
