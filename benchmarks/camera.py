@@ -15,15 +15,10 @@ the same photos. For each set, in one run:
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .pipeline import decode_only, infer_only
-
-STAGES = ("decode", "quality", "preprocess", "infer")
+from .pipeline import decode_only, infer_only, screen_timed
 
 
 def pairs(fullres_dir: Path) -> list[tuple[Path, Path]]:
@@ -36,30 +31,6 @@ def pairs(fullres_dir: Path) -> list[tuple[Path, Path]]:
             if copy:
                 out.append((fullres_dir / row["filename"], copies / copy))
     return out
-
-
-def screen_set(
-    bundle: Path, images: list[Path], *, precision: str, threads: int, workers: int, batch_size: int
-) -> tuple[dict[str, Any], list]:
-    from edgescreen.runtime.screen import Screener
-
-    with Screener(
-        bundle, precision=precision, backend="onnxruntime", threads=threads, workers=workers
-    ) as screener:
-        list(screener.screen_many(images[:batch_size], batch_size=batch_size))  # warm-up
-        start = time.perf_counter()
-        results = list(screener.screen_many(images, batch_size=batch_size))
-        seconds = time.perf_counter() - start
-    stage_ms = {
-        stage: float(np.mean([r.timings_ms.get(stage, 0.0) for r in results])) for stage in STAGES
-    }
-    return {
-        "images": len(images),
-        "seconds": seconds,
-        "images_per_s": len(images) / seconds,
-        "ok": sum(r.status == "ok" for r in results),
-        "ms_per_image": stage_ms,
-    }, results
 
 
 def bounds(prepare_rate: float, infer_rate: float) -> dict[str, float]:
@@ -88,7 +59,7 @@ def run_camera(
         ("originals", [o for o, _ in photo_pairs]),
         ("copies_768", [c for _, c in photo_pairs]),
     ):
-        run, results = screen_set(
+        run, results = screen_timed(
             bundle,
             images,
             precision=precision,

@@ -32,9 +32,13 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("nan")
 
 
-def runtime_pipeline(
+STAGES = ("decode", "quality", "preprocess", "infer")
+
+
+def screen_timed(
     bundle: Path, images: list[Path], *, precision: str, threads: int, workers: int, batch_size: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list]:
+    """The Screener as `edgescreen screen`/`batch` run it: rate, stage times, and the results."""
     with Screener(
         bundle, precision=precision, backend="onnxruntime", threads=threads, workers=workers
     ) as s:
@@ -42,14 +46,27 @@ def runtime_pipeline(
         start = time.perf_counter()
         results = list(s.screen_many(images, batch_size=batch_size))
         seconds = time.perf_counter() - start
-    return {
+    summary = {
         "images": len(images),
         "seconds": seconds,
         "images_per_s": _rate(len(images), seconds),
         "ok": sum(r.status == "ok" for r in results),
         "precision": precision,
         "batch_size": batch_size,
+        "ms_per_image": {
+            stage: float(np.mean([r.timings_ms.get(stage, 0.0) for r in results]))
+            for stage in STAGES
+        },
     }
+    return summary, results
+
+
+def runtime_pipeline(
+    bundle: Path, images: list[Path], *, precision: str, threads: int, workers: int, batch_size: int
+) -> dict[str, Any]:
+    return screen_timed(
+        bundle, images, precision=precision, threads=threads, workers=workers, batch_size=batch_size
+    )[0]
 
 
 def decode_only(bundle: Path, images: list[Path], *, workers: int) -> dict[str, Any]:
