@@ -102,9 +102,7 @@ def prepare_source(
 
     One bad image must never stop a batch, so nothing is raised here.
     """
-    label = name or (
-        "<array>" if isinstance(source, np.ndarray) else str(getattr(source, "name", source))
-    )
+    label = name or _label(source)
     start = time.perf_counter()
     try:
         decoded = (
@@ -144,6 +142,17 @@ def prepare_batch(
         )
         out[i] = prepare(decoded, card, gate=False).tensor
     return out
+
+
+def _label(source: object) -> str:
+    """How a result names its image: the path as given, or what kind of object it was."""
+    if isinstance(source, Decoded):
+        return source.name
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "<bytes>"
+    return str(source)
 
 
 def _ms(start: float) -> float:

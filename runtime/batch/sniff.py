@@ -8,13 +8,11 @@ never gets the chance to allocate.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
-from ..imageio import header_size, is_dicom
+from ..imageio import gif_info, header_size, is_dicom, tiff_info
 
 FORMATS = ("jpeg", "png", "tiff", "bmp", "gif", "dicom")
-_MAX_PAGES = 4096  # stop walking an IFD/frame chain past this (loops, hostile files)
 
 
 @dataclass(frozen=True)
@@ -33,12 +31,11 @@ def sniff(data: bytes, *, dicom_by_name: bool = False) -> Sniffed:
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return Sniffed("png", header_size(data))
     if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return _tiff(data)
+        return Sniffed("tiff", *tiff_info(data))
     if data[:2] == b"BM" and len(data) >= 26:
-        width, height = struct.unpack("<ii", data[18:26])
-        return Sniffed("bmp", (abs(width), abs(height)))
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return _gif(data)
+        return Sniffed("bmp", header_size(data))
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return Sniffed("gif", *gif_info(data))
     if is_dicom(data) or dicom_by_name:
         return Sniffed("dicom")
     head = data[:512]
@@ -47,61 +44,6 @@ def sniff(data: bytes, *, dicom_by_name: bool = False) -> Sniffed:
     return Sniffed(
         None, problem="not a supported image format (expected JPEG, PNG, TIFF, BMP, GIF or DICOM)"
     )
-
-
-def _tiff(data: bytes) -> Sniffed:
-    end = "<" if data[:2] == b"II" else ">"
-    try:
-        offset = struct.unpack(end + "I", data[4:8])[0]
-        size, pages, seen = None, 0, set()
-        while offset and offset not in seen and pages < _MAX_PAGES:
-            seen.add(offset)
-            count = struct.unpack(end + "H", data[offset : offset + 2])[0]
-            if pages == 0:
-                tags = {}
-                for i in range(count):
-                    entry = data[offset + 2 + 12 * i : offset + 14 + 12 * i]
-                    tag, kind = struct.unpack(end + "HH", entry[:4])
-                    if tag in (256, 257):
-                        tags[tag] = struct.unpack(
-                            end + ("H" if kind == 3 else "I"), entry[8 : 10 if kind == 3 else 12]
-                        )[0]
-                if 256 in tags and 257 in tags:
-                    size = (tags[256], tags[257])
-            pages += 1
-            offset = struct.unpack(
-                end + "I", data[offset + 2 + 12 * count : offset + 6 + 12 * count]
-            )[0]
-    except struct.error:  # truncated header: let the decoder say what is wrong
-        return Sniffed("tiff", None, max(pages, 1))
-    return Sniffed("tiff", size, max(pages, 1))
-
-
-def _gif(data: bytes) -> Sniffed:
-    width, height = struct.unpack("<HH", data[6:10])
-    frames = 0
-    i = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
-    try:
-        while i < len(data) and frames < _MAX_PAGES:
-            block = data[i]
-            if block == 0x3B:  # trailer
-                break
-            if block == 0x21:  # extension: label, then sub-blocks
-                i += 2
-            elif block == 0x2C:  # image descriptor, optional local colour table, LZW size byte
-                frames += 1
-                fw, fh = struct.unpack("<HH", data[i + 5 : i + 9])
-                width, height = max(width, fw), max(height, fh)
-                flags = data[i + 9]
-                i += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
-            else:
-                break
-            while i < len(data) and data[i]:  # sub-blocks until a zero length
-                i += data[i] + 1
-            i += 1
-    except (IndexError, struct.error):
-        pass
-    return Sniffed("gif", (width, height), max(frames, 1))
 
 
 def pixel_limit_problem(sniffed: Sniffed, max_pixels: int | None) -> str | None:
