@@ -245,6 +245,14 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 # Fundus disc (the circular field of view of a fundus camera, not the optic disc)
 
 _DISC_WORK_SIDE = 256
+# Straight edges of the field of view inside the picture (a sensor frame that cuts the
+# circle top and bottom, then black padding: common in APTOS / EyePACS): hull edges at
+# least _CHORD_MIN_LEN of the radius long.  They are left out of the circle fit, and one
+# that cuts the fitted circle at least _CUT_MIN_DEPTH deep (and leaves the centre at
+# least _CUT_MIN_DIST of the radius inside) becomes a cut of the field.
+_CHORD_MIN_LEN = 0.2
+_CUT_MIN_DEPTH = 0.02
+_CUT_MIN_DIST = 0.4
 
 
 @dataclass(frozen=True)
@@ -253,9 +261,14 @@ class Disc:
 
     When ``found`` is False the geometry is a fallback (image centre, radius half the
     longer side, so a square crop keeps the whole image) and must not be trusted.
-    ``fov_fraction``: share of the circle's area that lies inside the image.
-    ``fit_iou``: overlap of the bright region with the fitted circle (inside the image),
-    1.0 for a clean disc; low for a shape that is not a circle.
+    ``clipped``: the circle is cut by the frame or by a straight edge of the field.
+    ``fov_fraction``: share of the circle's area that lies inside the image and inside
+    the cuts.
+    ``fit_iou``: overlap of the bright region with the fitted circle (inside the image,
+    less the cuts), 1.0 for a clean disc; low for a shape that is not a circle.
+    ``cuts``: straight edges of the field inside the image, each ``(nx, ny, c)`` with
+    ``(nx, ny)`` a unit normal pointing out of the field: pixels (x, y) with
+    ``nx * x + ny * y > c`` lie outside it.  Empty for a circle cut only by the frame.
     """
 
     cx: float
@@ -265,6 +278,7 @@ class Disc:
     clipped: bool
     fov_fraction: float = 1.0
     fit_iou: float = 0.0
+    cuts: tuple[tuple[float, float, float], ...] = ()
 
     @classmethod
     def fallback(cls, height: int, width: int) -> Disc:
@@ -292,14 +306,41 @@ def _fit_circle(pts: np.ndarray) -> tuple[float, float, float]:
     return cx, cy, math.sqrt(max(c2 + cx * cx + cy * cy, 0.0))
 
 
+def _hull_chords(
+    hull: np.ndarray, sh: int, sw: int, margin: float, min_len: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Edges of a convex polygon (vertices (N, 2)) at least ``min_len`` long, except
+    those along the image border (a circle clipped by the frame is handled apart)."""
+    p = hull.reshape(-1, 2).astype(np.float64)
+    q = np.roll(p, -1, axis=0)
+    long_ = np.hypot(q[:, 0] - p[:, 0], q[:, 1] - p[:, 1]) >= min_len
+    lo, hi_x, hi_y = margin, sw - 1 - margin, sh - 1 - margin
+    border = (
+        ((p[:, 0] <= lo) & (q[:, 0] <= lo))
+        | ((p[:, 0] >= hi_x) & (q[:, 0] >= hi_x))
+        | ((p[:, 1] <= lo) & (q[:, 1] <= lo))
+        | ((p[:, 1] >= hi_y) & (q[:, 1] >= hi_y))
+    )
+    return [(p[i], q[i]) for i in np.nonzero(long_ & ~border)[0]]
+
+
+def _segment_distance(pts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of points (N, 2) to the segment a-b."""
+    d = b - a
+    t = np.clip(((pts - a) @ d) / max(float(d @ d), 1e-12), 0.0, 1.0)
+    return np.hypot(*(pts - (a + t[:, None] * d)).T)
+
+
 def find_fundus_disc(image: np.ndarray) -> Disc:
     """Find the fundus field-of-view circle: threshold, largest blob, convex hull, circle fit.
 
     Robust to black borders, off-centre discs, notches (the convex hull bridges inward
-    notches; a robust refit drops outward tabs) and circles clipped by the frame (hull
-    points on the image border are not used for the fit).  Grey or non-fundus images
-    (flat frames, chest X-rays filling the frame) give ``found=False`` because their
-    bright region has no circular edge inside the image.
+    notches; a robust refit drops outward tabs), circles clipped by the frame (hull
+    points on the image border are not used for the fit) and circles cut by straight
+    edges inside the frame (long straight hull edges are not used for the fit; they
+    become ``Disc.cuts``).  Grey or non-fundus images (flat frames, chest X-rays filling
+    the frame) give ``found=False`` because their bright region has no circular edge
+    inside the image.
     """
     image = _check_image(image)
     h, w = image.shape[:2]
@@ -331,8 +372,9 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     blob = max(contours, key=cv2.contourArea)
     if cv2.contourArea(blob) < 0.05 * sh * sw:
         return fallback
+    hull = cv2.convexHull(blob)
     hull_mask = np.zeros((sh, sw), np.uint8)
-    cv2.drawContours(hull_mask, [cv2.convexHull(blob)], -1, 1, thickness=cv2.FILLED)
+    cv2.drawContours(hull_mask, [hull], -1, 1, thickness=cv2.FILLED)
     edge, _ = cv2.findContours(hull_mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     pts = edge[0][:, 0, :].astype(np.float64)
     margin = 2
@@ -342,6 +384,11 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
         & (pts[:, 1] > margin)
         & (pts[:, 1] < sh - 1 - margin)
     )
+    # Long straight hull edges are cuts of the field or bridges over notches: not arc.
+    r0 = math.sqrt(cv2.contourArea(hull) / math.pi)
+    chords = _hull_chords(hull, sh, sw, margin, _CHORD_MIN_LEN * r0)
+    for a, b in chords:
+        keep &= _segment_distance(pts, a, b) > 1.5
     pts = pts[keep]
     if len(pts) < 20:
         return fallback
@@ -357,17 +404,50 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     # The inliers must span a real arc, not a nearly straight edge (CXR collimation).
     ang = np.arctan2(pts[inl, 1] - cy, pts[inl, 0] - cx)
     span_bins = np.unique(np.floor((ang + math.pi) / (2 * math.pi) * 16).astype(int) % 16)
+    # Chords that cut the circle: each a half-plane n . (x, y) <= n . a (n points out).
+    centre = np.array([cx, cy])
+    inside = hull[:, 0, :].mean(axis=0)
+    cuts_w: list[tuple[np.ndarray, float]] = []
+    deep = False
+    for a, b in chords:
+        t = b - a
+        n = np.array([t[1], -t[0]]) / math.hypot(t[0], t[1])
+        if float((inside - a) @ n) > 0:
+            n = -n
+        dist = float((a - centre) @ n)  # centre to the chord, positive when inside
+        if r - dist < max(1.5, _CUT_MIN_DEPTH * r):
+            continue  # a notch bridge or a pixel row of the circle itself
+        if dist < _CUT_MIN_DIST * r:
+            deep = True
+        cuts_w.append((n, float(a @ n) + 0.5))
     r_src = (r + 0.5) / scale
     cx_src = (cx + 0.5) / scale - 0.5
     cy_src = (cy + 0.5) / scale - 0.5
     circle = np.zeros((sh, sw), np.uint8)
     cv2.circle(circle, (round(cx * 16), round(cy * 16)), round(r * 16), 1, cv2.FILLED, shift=4)
-    inter = int(np.count_nonzero(circle & hull_mask))
-    union = int(np.count_nonzero(circle | hull_mask))
+    model = circle
+    if cuts_w:
+        yy, xx = np.mgrid[0:sh, 0:sw]
+        model = circle.copy()
+        for n, c in cuts_w:
+            model[n[0] * xx + n[1] * yy > c] = 0
+    inter = int(np.count_nonzero(model & hull_mask))
+    union = int(np.count_nonzero(model | hull_mask))
     iou = inter / union if union else 0.0
     fov = _circle_fraction_inside(cx_src + 0.5, cy_src + 0.5, r_src, h, w)
+    if cuts_w:
+        fov *= np.count_nonzero(model) / max(np.count_nonzero(circle), 1)
+    cuts = tuple(
+        # work pixel centre x_w is source (x_w + 0.5) / scale - 0.5
+        (float(n[0]), float(n[1]), float((c + 0.5 * (n[0] + n[1])) / scale - 0.5 * (n[0] + n[1])))
+        for n, c in cuts_w
+    )
     clipped = bool(
-        cx_src - r_src < -1 or cy_src - r_src < -1 or cx_src + r_src > w or cy_src + r_src > h
+        cuts
+        or cx_src - r_src < -1
+        or cy_src - r_src < -1
+        or cx_src + r_src > w
+        or cy_src + r_src > h
     )
     # A camera's field of view ends in a sharp step to black; a chest X-ray's dark
     # corners fade.  Just outside the circle the frame must be (nearly) black.
@@ -381,7 +461,8 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     step_ok = outside.size < 20 or float(np.percentile(outside, 90)) <= thresh
     found = bool(
         step_ok
-        and len(span_bins) >= 3
+        and not deep
+        and len(span_bins) >= (6 if cuts else 3)
         and iou >= 0.85
         and 0.1 * min(h, w) <= r_src <= 1.5 * max(h, w)
         and fov >= 0.1
@@ -390,7 +471,9 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
         return Disc(
             fallback.cx, fallback.cy, fallback.radius, False, clipped, float(fov), float(iou)
         )
-    return Disc(float(cx_src), float(cy_src), float(r_src), True, clipped, float(fov), float(iou))
+    return Disc(
+        float(cx_src), float(cy_src), float(r_src), True, clipped, float(fov), float(iou), cuts
+    )
 
 
 def crop_square(image: np.ndarray, cx: float, cy: float, half: float, size: int) -> np.ndarray:

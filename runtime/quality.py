@@ -8,12 +8,26 @@ Fundus measurements, all taken inside the field-of-view disc shrunk to 90 % of i
 radius (the rim is vignetted on every camera) after resizing the disc to a fixed
 radius of ``_REF_RADIUS`` pixels, so numbers do not depend on the camera's resolution:
 
-- ``fov_fraction``: share of the fitted circle's area inside the frame.
+- ``fov_fraction``: share of the fitted circle's area inside the frame (and inside the
+  straight edges that cut it, ``Disc.cuts``; what lies beyond them is not measured).
 - ``sharpness``: fine-detail contrast, 100 * std(green - GaussianBlur(green, 2 px)) /
   max(mean(green), 50).  The green channel carries the vessels; dividing by brightness keeps a
   focused but dim photo from reading as blurred.  (Laplacian variance was tried first:
   its spread over the real photos was 100x and overlapped blurred copies; band-energy
-  ratios were tried next and rise again under heavy blur, so neither is used.)
+  ratios were tried next and rise again under heavy blur, so neither is used.)  It only
+  catches gross blur: a defocused photo saved as JPEG keeps fine-detail energy (the 8x8
+  blocks and the noise of a dim photo), and a hazy but gradable photo has little.
+- ``edge_sharpness``: how sharp the sharpest strong edges are, independent of their
+  contrast.  Gradient magnitudes of the green channel after a Gaussian blur of 0.8 px
+  (fine) and 3 px (coarse); at the local maxima of the fine one that are strong (at
+  least 0.05 * max(mean green, 50) grey levels per pixel, and 6x the median fine
+  gradient in the disc, so that noise and JPEG blocks are not edges; when fewer than 5
+  stand out of the texture that way, as in a very noisy photo, the first condition
+  alone), the ratio fine / coarse is about 3.75 for an ideal step, about
+  sqrt(s^2 + 9) / sqrt(s^2 + 0.64) for a step blurred by s px and higher for thin lines
+  and dots; the measurement is its 90th percentile (1.0 when there are fewer than 5
+  edges).  Defocus widens every edge, so even the sharpest ones fall; haze lowers
+  contrast but leaves small features sharp.
 - ``dark_fraction``: share of pixels whose brightest channel is below ``dark_level``
   (a fundus is red, so luma would call healthy dark-red retina "dark").
 - ``bright_fraction``: share of pixels whose green is above ``bright_level``; red
@@ -34,6 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 import cv2
@@ -56,6 +71,16 @@ __all__ = [
 _REF_RADIUS = 200  # fundus disc resized to this radius before measuring
 _REF_SIDE = 512  # OCT/CXR longer side measured at (never enlarged)
 _INNER = 0.9  # measure inside this share of the disc radius
+# edge_sharpness (fundus): Gaussian sigmas (reference pixels) of the fine and coarse
+# gradients, what makes an edge strong, and how many strong edges are needed.
+_EDGE_FINE = 0.8
+_EDGE_COARSE = 3.0
+_EDGE_STRONG = 6.0  # x the median fine gradient in the disc
+_EDGE_CONTRAST = 0.05  # x max(mean green, 50) grey levels per pixel
+_EDGE_MIN_COUNT = 5
+_ERODE_EDGE = np.ones((15, 15), np.uint8)  # 7 px: the coarse blur's reach into the border
+_PEAK = np.ones((3, 3), np.uint8)
+_EDGE_PAD = 14  # the coarse Gaussian's kernel radius (12 at sigma 3) + Sobel + 1
 
 MESSAGES: dict[str, str] = {
     "too_small": "image resolution too low: use the camera's full-resolution setting and retake",
@@ -71,8 +96,8 @@ MESSAGES: dict[str, str] = {
 class QualityLimits:
     """Thresholds of the gate; stored in model.json under ``"quality"``.
 
-    Levels are on the 8-bit scale (16-bit images are scaled first).  ``min_fov_fraction``
-    and ``min_redness`` apply to fundus only.
+    Levels are on the 8-bit scale (16-bit images are scaled first).  ``min_fov_fraction``,
+    ``min_redness`` and ``min_edge_sharpness`` apply to fundus only.
     """
 
     min_side: int
@@ -83,6 +108,8 @@ class QualityLimits:
     bright_level: int = 245
     min_fov_fraction: float = 0.0
     min_redness: float = 0.0
+    # fundus only; 0 (off) in a card written before it existed
+    min_edge_sharpness: float = 0.0
 
     def __post_init__(self) -> None:
         _check_limits(self, "quality")
@@ -112,6 +139,8 @@ def _check_limits(lim: Any, where: str) -> None:
         raise bad("min_side", f"must be >= 1, got {lim.min_side}")
     if lim.min_sharpness < 0:
         raise bad("min_sharpness", f"must be >= 0, got {lim.min_sharpness}")
+    if lim.min_edge_sharpness < 0:
+        raise bad("min_edge_sharpness", f"must be >= 0, got {lim.min_edge_sharpness}")
     for name in ("max_dark_fraction", "max_bright_fraction", "min_fov_fraction", "min_redness"):
         if not 0 <= getattr(lim, name) <= 1:
             raise bad(name, f"must be between 0 and 1, got {getattr(lim, name)}")
@@ -124,7 +153,14 @@ def default_limits(modality: str) -> QualityLimits:
 
     fundus (from the 400 SRahim photos, 768x514; real min/max in brackets):
       min_side 256 [514]; min_fov_fraction 0.70 [min 0.864]; min_sharpness 0.75
-      [min 0.967, 1st pct 1.65, median 4.2; Gaussian blur sigma 8 px gives 0.4-0.7];
+      [min 0.967, 1st pct 1.65, median 4.2; Gaussian blur sigma 6-8 px saved as JPEG
+      q70-95 still gives 0.55-1.34, so this only catches gross blur];
+      min_edge_sharpness 2.3 [min 2.47 (c10_Patient103_L, haze of a vitreous
+      haemorrhage; 2.45-2.51 re-encoded at q70, resized 0.67x / 1.5x or dimmed; next
+      photo 2.57), median 7.6; the 40 camera originals 3872x2592 min 2.48; synthetic
+      fundus (seed 12, 200) min 2.55; all 400 blurred at sigma 6 px and saved as JPEG at
+      every quality 70-95 max 2.14 (median 1.4), at sigma 8 px max 1.6; sigma 4 px
+      median 2.1, so about a third of those still pass];
       dark_level 40 / max_dark_fraction 0.40 [max 0.165]; bright_level 240 /
       max_bright_fraction 0.05 [max 0.0072]; min_redness 0.5 [min 0.973; grey 0].
     oct / cxr: no real OCT here and the CXR mini set is 64x64, so these are lax:
@@ -141,6 +177,7 @@ def default_limits(modality: str) -> QualityLimits:
             bright_level=240,
             min_fov_fraction=0.70,
             min_redness=0.5,
+            min_edge_sharpness=2.3,
         )
     if modality in ("oct", "cxr"):
         return QualityLimits(
@@ -190,6 +227,56 @@ class QualityReport:
         }
 
 
+@lru_cache(maxsize=4)
+def _crop_coords(size: int) -> np.ndarray:
+    """Pixel-centre coordinates (2, size, size): [0] row + 0.5, [1] column + 0.5 (read-only)."""
+    out = np.mgrid[0:size, 0:size].astype(np.float32) + np.float32(0.5)
+    out.setflags(write=False)
+    return out
+
+
+def _edge_sharpness(green: np.ndarray, mask: np.ndarray, mean: float) -> float:
+    """How sharp the sharpest strong edges are, at the reference radius (see module doc).
+
+    ``green``: float32 green channel of the crop; ``mask``: where to measure (uint8).
+    """
+    inner = cv2.erode(mask, _ERODE_EDGE)
+    x, y, w, h = cv2.boundingRect(inner)
+    if w * h < 100:
+        return 1.0
+    # Only the box around the measured pixels, with the coarse kernel's reach around it
+    # (cv2 reflects at the crop's own border either way, so the result is the same).
+    pad = _EDGE_PAD
+    x0, y0 = max(x - pad, 0), max(y - pad, 0)
+    x1, y1 = min(x + w + pad, green.shape[1]), min(y + h + pad, green.shape[0])
+    g = green[y0:y1, x0:x1]
+    inner = inner[y0:y1, x0:x1] > 0
+    fine = _gradient(cv2.GaussianBlur(g, (0, 0), _EDGE_FINE))
+    vals = fine[inner]
+    if vals.size < 100:
+        return 1.0
+    level = float(np.partition(vals, vals.size // 2)[vals.size // 2])
+    contrast = _EDGE_CONTRAST * max(mean, 50.0)
+    peaks = inner & (fine >= cv2.dilate(fine, _PEAK)) & (fine > contrast)
+    strong = peaks & (fine > _EDGE_STRONG * level)
+    if np.count_nonzero(strong) >= _EDGE_MIN_COUNT:
+        peaks = strong
+    # else no edge stands out of the texture: a photo as noisy as its edges are strong
+    # is judged on all its contrasted edges (noise included), not called blurred.
+    f = fine[peaks]
+    if f.size < _EDGE_MIN_COUNT:
+        return 1.0  # no contrasted edge at all: as flat as a defocused picture
+    coarse = _gradient(cv2.GaussianBlur(g, (0, 0), _EDGE_COARSE))
+    ratio = f / np.maximum(coarse[peaks], 1e-6)
+    return float(np.percentile(ratio, 90))
+
+
+def _gradient(x: np.ndarray) -> np.ndarray:
+    gx = cv2.Sobel(x, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(x, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    return cv2.magnitude(gx, gy)
+
+
 def _fundus(
     image: np.ndarray, lim: QualityLimits, disc: Disc | None, m: dict[str, float]
 ) -> list[str]:
@@ -235,6 +322,12 @@ def _fundus(
     pt2 = (min(size - 1, math.floor(x0 + w * s) - 3), min(size - 1, math.floor(y0 + h * s) - 3))
     cv2.rectangle(frame, pt1, pt2, 255, cv2.FILLED)
     mask = cv2.bitwise_and(mask, frame)
+    if disc.cuts:  # straight edges of the field inside the frame: black beyond them
+        u = _crop_coords(size)
+        for nx, ny, c in disc.cuts:
+            # crop pixel u is at source x = (u + 0.5) / s + cx - r; keep 2.5 px inside
+            off = nx * (disc.cx - disc.radius) + ny * (disc.cy - disc.radius)
+            mask[nx * u[1] + ny * u[0] > (c - off) * s - 2.5] = 0
     n = cv2.countNonZero(mask)
     if n < 100:
         m["measured_pixels"] = float(n)
@@ -254,6 +347,7 @@ def _fundus(
     red = cv2.min(cv2.subtract(r, g), cv2.subtract(r, b))[sel]
     m.update(
         sharpness=100.0 * fine_std / max(g_mean, 50.0),
+        edge_sharpness=_edge_sharpness(gf, mask, g_mean),
         mean_luma=float(np.mean(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[sel], dtype=np.float64)),
         dark_fraction=float(np.count_nonzero(value[sel] < lim.dark_level)) / n,
         bright_fraction=float(np.count_nonzero(g[sel] > lim.bright_level)) / n,
@@ -273,7 +367,7 @@ def _fundus(
         codes.append("not_fundus")
     if disc.fov_fraction < lim.min_fov_fraction:
         codes.append("fov_cut_off")
-    if m["sharpness"] < lim.min_sharpness:
+    if m["sharpness"] < lim.min_sharpness or m["edge_sharpness"] < lim.min_edge_sharpness:
         codes.append("blurred")
     return codes
 
@@ -330,3 +424,14 @@ def assess_quality(
     codes = _fundus(image, lim, disc, m) if modality == "fundus" else _grey(image, lim, m)
     issues = [QualityIssue.of(c) for c in codes]
     return QualityReport(not issues, issues, m)
+
+
+def measuring_side(modality: str) -> int:
+    """The shorter side an image can be shrunk to and still be measured at the gate's scale.
+
+    Fundus: the disc is measured at radius _REF_RADIUS, and a camera's field of view spans at
+    least 0.8 of the frame's shorter side (more where the circle is clipped), so a shorter
+    side of 2.5 radii keeps the disc at or above the reference. OCT/CXR: measured with the
+    longer side at _REF_SIDE, which a shorter side of _REF_SIDE keeps.
+    """
+    return round(2.5 * _REF_RADIUS) if modality == "fundus" else _REF_SIDE

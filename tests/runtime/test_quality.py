@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import cv2
 import numpy as np
@@ -132,3 +133,112 @@ def test_limits_round_trip_and_refusals():
         QualityLimits.from_dict(missing)
     with pytest.raises(CardError):
         default_limits("mri")
+
+
+# ---------------------------------------------------------------------------------------
+# Defocus saved as JPEG; circles cut by the sensor frame inside the picture
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize("quality", [70, 80, 90, 95])
+def test_defocused_jpeg_rejected_from_sigma_6(sample, quality):
+    """JPEG's 8x8 blocks add fine detail to a defocused photo; it must still read as blurred.
+
+    Blur applied at 768 px (the photos' size), then saved as JPEG.  The sharp photo saved
+    the same way stays gradable: compression alone is not blur.
+    """
+    for i, img in enumerate(sample):
+        sharp = assess_quality(_jpeg(img, quality), "fundus")
+        assert sharp.gradable, (i, sharp.to_dict())
+        for sigma in (6, 8):
+            report = assess_quality(_jpeg(cv2.GaussianBlur(img, (0, 0), sigma), quality), "fundus")
+            assert report.codes == ["blurred"], (i, sigma, report.to_dict())
+
+
+def test_edge_sharpness_falls_with_defocus(sample):
+    limit = default_limits("fundus").min_edge_sharpness
+    for i, img in enumerate(sample[::3]):
+        values = [
+            assess_quality(
+                _jpeg(cv2.GaussianBlur(img, (0, 0), s) if s else img, 90), "fundus"
+            ).measurements["edge_sharpness"]
+            for s in (0, 2, 4, 6, 8)
+        ]
+        # Falls with defocus down to the floor of a featureless picture (1.0).
+        assert values[0] > values[1] > values[2] > max(values[3:]), (i, values)
+        assert values[0] > limit + 0.2 and max(values[3:]) < limit - 0.1, (i, values)
+
+
+def _cut_top_and_bottom(img: np.ndarray, frac: float, pad: int) -> tuple[np.ndarray, float]:
+    """Black out the rows beyond cy -/+ frac * radius, then add black rows: a circle cut
+    by the sensor's frame inside the picture.  Returns the image and the y shift."""
+    d = find_fundus_disc(img)
+    out = img.copy()
+    out[: max(0, round(d.cy - frac * d.radius))] = 0
+    out[round(d.cy + frac * d.radius) :] = 0
+    return cv2.copyMakeBorder(out, pad, pad, 0, 0, cv2.BORDER_CONSTANT, value=0), pad
+
+
+def test_real_photo_cut_inside_the_frame_gradable(sample):
+    # Area of a circle between two chords at -/+ 0.7 r.
+    expected_fov = 1 - 2 * (math.acos(0.7) - 0.7 * math.sqrt(1 - 0.49)) / math.pi
+    for i, img in enumerate(sample[:5]):
+        plain = find_fundus_disc(img)
+        cut, shift = _cut_top_and_bottom(img, 0.7, 60)
+        d = find_fundus_disc(cut)
+        assert d.found and d.clipped and len(d.cuts) == 2, (i, d)
+        assert abs(d.radius - plain.radius) < 0.02 * plain.radius, (i, d, plain)
+        assert abs(d.cx - plain.cx) < 3 and abs(d.cy - shift - plain.cy) < 3, (i, d, plain)
+        assert abs(d.fov_fraction - expected_fov) < 0.02, (i, d.fov_fraction, expected_fov)
+        report = assess_quality(cut, "fundus", disc=d)
+        assert report.gradable, (i, report.to_dict())
+        # The black bands beyond the cuts are not measured as dark retina.
+        before = assess_quality(img, "fundus").measurements["dark_fraction"]
+        assert report.measurements["dark_fraction"] <= before + 0.01, (i, report.to_dict())
+
+
+def test_clipped_synthetic_circles_gradable():
+    """The generator's camera cuts the circle top and bottom in ~40 % of its photos."""
+    synth = pytest.importorskip("edgescreen.train.data.synth")
+    cut = 0
+    for i in range(16):  # seed 12: photos 4, 8 and 14 were "no fundus found"
+        img = synth.generate_fundus(synth.image_rng(12, "fundus", i), i % 5, 256)
+        disc = find_fundus_disc(img)
+        report = assess_quality(img, "fundus", disc=disc)
+        assert report.gradable, (i, report.to_dict())
+        cut += bool(disc.cuts)
+    assert cut >= 3
+
+
+def test_straight_edged_shapes_are_not_a_fundus_disc():
+    """Cuts only trim a circle: a rectangle, a diamond or a half disc is still no fundus."""
+    colour = (170, 80, 30)
+    rect = np.zeros((500, 700, 3), np.uint8)
+    cv2.rectangle(rect, (150, 100), (550, 400), colour, cv2.FILLED)
+    diamond = np.zeros_like(rect)
+    cv2.fillConvexPoly(diamond, np.array([[350, 40], [560, 250], [350, 460], [140, 250]]), colour)
+    half = np.zeros_like(rect)
+    cv2.circle(half, (350, 250), 200, colour, cv2.FILLED)
+    half[:, 350:] = 0
+    for name, img in (("rectangle", rect), ("diamond", diamond), ("half disc", half)):
+        assert not find_fundus_disc(img).found, name
+        assert "not_fundus" in assess_quality(img, "fundus").codes, name
+
+
+def test_edge_sharpness_limit_in_cards():
+    lim = default_limits("fundus")
+    assert lim.min_edge_sharpness > 0
+    assert default_limits("oct").min_edge_sharpness == 0 == default_limits("cxr").min_edge_sharpness
+    # A card written before the limit existed still loads (the check is then off).
+    old = {k: v for k, v in lim.to_dict().items() if k != "min_edge_sharpness"}
+    assert QualityLimits.from_dict(old).min_edge_sharpness == 0.0
+    with pytest.raises(CardError) as err:
+        QualityLimits.from_dict({**lim.to_dict(), "min_edge_sharpness": -1})
+    assert err.value.field == "quality.min_edge_sharpness"
