@@ -89,12 +89,14 @@ def _write_heatmaps(results, folder: Path, card) -> None:
 
     from .imageio import decode
     from .overlay import overlay
+    from .prepare import decode_side
 
     folder.mkdir(parents=True, exist_ok=True)
     for r in results:
         if r.status != "ok" or r.heatmap is None:
             continue
-        image = decode(r.image, max_pixels=card.input.max_pixels).image
+        side = decode_side(card.preprocessing, card.quality)
+        image = decode(r.image, max_pixels=card.input.max_pixels, min_side=side).image
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
         if bgr.dtype != np.uint8:
             bgr = cv2.convertScaleAbs(bgr, alpha=255.0 / 65535.0)

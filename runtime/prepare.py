@@ -25,7 +25,7 @@ from .card import ModelCard
 from .errors import EdgescreenError, ImageError
 from .imageio import Decoded, decode
 from .preprocess import Disc, PreprocessConfig, canonical, find_fundus_disc, to_tensor
-from .quality import QualityReport, assess_quality
+from .quality import QualityLimits, QualityReport, assess_quality, measuring_side
 
 Status = Literal["ok", "ungradable", "failed"]
 
@@ -52,6 +52,19 @@ class Prepared:
         if self.error is not None:
             return [self.error]
         return self.quality.reasons if self.quality is not None else []
+
+
+def decode_side(
+    cfg: PreprocessConfig, limits: QualityLimits | None = None, size: int | None = None
+) -> int:
+    """The shorter side an upload is decoded down to (imageio.decode's `min_side`).
+
+    Big enough for the quality gate's reference scale (quality.measuring_side), for the
+    picture the model crops (its input size, or training's working size) and for the gate's
+    minimum size, so no step sees fewer pixels than it uses; a 10-megapixel JPEG then
+    decodes at 1/4 in the DCT domain, and a 768 px photo is decoded as it is.
+    """
+    return max(measuring_side(cfg.modality), size or cfg.size, limits.min_side if limits else 0)
 
 
 def prepare(
@@ -81,6 +94,7 @@ def prepare(
         out.disc = find_fundus_disc(image)
     if gate:
         out.quality = assess_quality(image, cfg.modality, card.quality, disc=out.disc)  # type: ignore[union-attr]
+        out.quality.measurements["decode_scale"] = decoded.scale  # measured on the decoded pixels
         out.timings["quality"] = _ms(start)
         if not out.quality.gradable:
             return out
@@ -108,7 +122,12 @@ def prepare_source(
         decoded = (
             source
             if isinstance(source, Decoded)
-            else decode(source, name=label, max_pixels=card.input.max_pixels)
+            else decode(
+                source,
+                name=label,
+                max_pixels=card.input.max_pixels,
+                min_side=decode_side(card.preprocessing, card.quality),
+            )
         )
         decode_ms = _ms(start)
         prepared = prepare(decoded, card, gate=gate)
@@ -138,7 +157,11 @@ def prepare_batch(
         decoded = (
             source
             if isinstance(source, Decoded)
-            else decode(source, max_pixels=card.input.max_pixels)
+            else decode(
+                source,
+                max_pixels=card.input.max_pixels,
+                min_side=decode_side(card.preprocessing, card.quality),
+            )
         )
         out[i] = prepare(decoded, card, gate=False).tensor
     return out

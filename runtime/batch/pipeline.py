@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import ImageError
 from ..imageio import Decoded, decode, read_file
 from ..overlay import heatmap_png
-from ..prepare import failure
+from ..prepare import decode_side, failure
 from ..results import ScreeningResult
 from ..screen import Screener
 from .discover import Found, Stability, discover
@@ -295,6 +295,7 @@ def _load(
     signature: tuple[int, int, int],
     sha256: str,
     max_pixels: int | None,
+    min_side: int,
 ) -> _Loaded:
     path = in_dir / rel
     try:
@@ -308,7 +309,7 @@ def _load(
         return _Loaded(item_id, rel, changed=True)
     start = time.perf_counter()
     try:
-        decoded = decode(data, name=rel, max_pixels=max_pixels)
+        decoded = decode(data, name=rel, max_pixels=max_pixels, min_side=min_side)
     except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch
         return _Loaded(item_id, rel, error=failure(rel, exc))
     decode_ms = round((time.perf_counter() - start) * 1000, 3)
@@ -343,6 +344,8 @@ def _run(
     if not entries:
         return 0
     max_pixels = screener.card.input.max_pixels
+    # Decoded at the scale the gate and the model need (one decoder, as the Screener would).
+    min_side = decode_side(screener.card.preprocessing, screener.card.quality)
     loaded: deque[_Loaded] = deque()  # read, in input order, not settled yet
 
     def feed(loads: Iterator[_Loaded]) -> Iterator[Decoded]:
@@ -366,7 +369,8 @@ def _run(
 
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="read") as pool:
-        loads = _ahead(pool, _load, [(in_dir, *e, max_pixels) for e in entries], 2 * opts.workers)
+        work = [(in_dir, *e, max_pixels, min_side) for e in entries]
+        loads = _ahead(pool, _load, work, 2 * opts.workers)
         results = screener.screen_many(feed(loads), batch_size=opts.batch_size)
         try:
             for result in results:  # in input order: settle the unscreened files before it first

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edgescreen.runtime.imageio import decode
-from edgescreen.runtime.prepare import prepare
+from edgescreen.runtime.prepare import decode_side, prepare
 from edgescreen.runtime.preprocess import PreprocessConfig, to_tensor
 
 from ..augment import augment, build_augmentation
@@ -36,7 +36,14 @@ class PreparedCache:
     def __init__(self, root: str | Path, cfg: PreprocessConfig, working_size: int) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        recipe = json.dumps({"cfg": cfg.to_dict(), "working_size": working_size}, sort_keys=True)
+        recipe = json.dumps(
+            {
+                "cfg": cfg.to_dict(),
+                "working_size": working_size,
+                "decode_side": decode_side(cfg, size=working_size),  # a new decode scale: re-prepare
+            },
+            sort_keys=True,
+        )
         self.recipe_key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
     def path(self, content: str) -> Path:
@@ -83,6 +90,8 @@ class ScreeningDataset(Dataset):
         )
         self.seed = seed
         self.epoch = 0
+        # Decoded at the scale screening decodes at (one decoder), enough for the working size.
+        self.decode_side = decode_side(cfg, size=self.working_size)
         self.cache = PreparedCache(cache_dir, cfg, self.working_size) if cache_dir else None
         self._hashes: dict[int, str] = {}
 
@@ -101,7 +110,8 @@ class ScreeningDataset(Dataset):
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
-        decoded = decode(sample.array if sample.array is not None else sample.path, name=sample.ref)
+        source = sample.array if sample.array is not None else sample.path
+        decoded = decode(source, name=sample.ref, min_side=self.decode_side)
         out = prepare(decoded, self.cfg, gate=False, size=self.working_size).picture
         if self.cache is not None:
             self.cache.put(key, out)
