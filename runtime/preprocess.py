@@ -540,6 +540,16 @@ def _prepare_fundus(image: np.ndarray, cfg: PreprocessConfig, size: int, disc: D
             pt2 = (min(size - 1, math.floor(right) - 1), min(size - 1, math.floor(bottom) - 1))
             cv2.rectangle(keep, pt1, pt2, 255, cv2.FILLED)
             mask = cv2.bitwise_and(mask, keep)
+            # Straight edges of the field inside the frame (Disc.cuts) leave the same band.
+            if disc.cuts:
+                ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+                for nx, ny, c in disc.cuts:
+                    # output pixel (x, y) is at source ((x + 0.5) / s + cx - half - 0.5, ...)
+                    src_x, src_y = (
+                        (xs + 0.5) / s + cx - half - 0.5,
+                        (ys + 0.5) / s + cy - half - 0.5,
+                    )
+                    mask[nx * src_x + ny * src_y > c - m / s] = 0
         out = cv2.bitwise_and(out, out, mask=mask)
     return out
 
