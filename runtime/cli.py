@@ -67,12 +67,12 @@ def cmd_screen(args: argparse.Namespace) -> int:
         for result in screener.screen_many(args.images, batch_size=args.batch_size):
             results.append(result)
             bar.advance(task)
-    if args.heatmap is not None:
-        _write_heatmaps(results, args.heatmap, screener.card)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         _print_screen_table(results)
+    if args.heatmap is not None:  # after the results: a problem here never hides them
+        _write_heatmaps(results, args.heatmap, screener.card)
     return EXIT_SOME_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
 
 
@@ -91,20 +91,33 @@ def _write_heatmaps(results, folder: Path, card) -> None:
     from .overlay import overlay
     from .prepare import decode_side
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for r in results:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"edgescreen screen: cannot write heatmaps to {folder}: {exc}", file=sys.stderr)
+        return
+    taken: set[str] = set()
+    for i, r in enumerate(results):
         if r.status != "ok" or r.heatmap is None:
             continue
-        side = decode_side(card.preprocessing, card.quality)
-        image = decode(r.image, max_pixels=card.input.max_pixels, min_side=side).image
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-        if bgr.dtype != np.uint8:
-            bgr = cv2.convertScaleAbs(bgr, alpha=255.0 / 65535.0)
-        m = r.quality.get("measurements", {})
-        picture = overlay(
-            bgr, r.heatmap, m, crop_to_disc=card.preprocessing.crop_to_disc, side=HEATMAP_SIDE
-        )
-        cv2.imwrite(str(folder / f"{Path(r.image).name}.heatmap.jpg"), picture)
+        name = f"{Path(r.image).name}.heatmap.jpg"
+        if name in taken:  # same file name in two folders: keep both, say which is which
+            name = f"{Path(r.image).name}.{i}.heatmap.jpg"
+        taken.add(name)
+        try:
+            side = decode_side(card.preprocessing, card.quality)
+            image = decode(r.image, max_pixels=card.input.max_pixels, min_side=side).image
+            bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+            if bgr.dtype != np.uint8:
+                bgr = cv2.convertScaleAbs(bgr, alpha=255.0 / 65535.0)
+            m = r.quality.get("measurements", {})
+            picture = overlay(
+                bgr, r.heatmap, m, crop_to_disc=card.preprocessing.crop_to_disc, side=HEATMAP_SIDE
+            )
+            if not cv2.imwrite(str(folder / name), picture):
+                raise OSError(f"cannot write {folder / name}")
+        except (EdgescreenError, OSError) as exc:
+            print(f"edgescreen screen: no heatmap for {r.image}: {exc}", file=sys.stderr)
 
 
 def _print_screen_table(results) -> None:

@@ -346,10 +346,11 @@ def ensure_selftest(backend: Backend, bundle: Path, card: ModelCard, precision: 
     digest = sha256_file(engine)
     marker = _marker(digest, card)
     try:
-        if json.loads(marker.read_text()).get("engine_sha256") == digest:
+        recorded = json.loads(marker.read_text())
+        if isinstance(recorded, dict) and recorded.get("engine_sha256") == digest:
             return
     except (OSError, ValueError):
-        pass
+        pass  # missing or unreadable: test again
     try:
         report = run_selftest(backend, card, load_golden(bundle), precision)
     except CardError as exc:

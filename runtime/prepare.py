@@ -131,6 +131,7 @@ def prepare_source(
         )
         decode_ms = _ms(start)
         prepared = prepare(decoded, card, gate=gate)
+        prepared.name = label  # the caller's name wins over what the decoder was told
         prepared.timings = {"decode": decode_ms, **prepared.timings}
         return prepared
     except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch

@@ -96,17 +96,27 @@ def _backend_class(name: str) -> type:
     return getattr(module, cls_name)
 
 
-def resolve(name: str, bundle: str | Path, card: ModelCard, precision: str) -> str:
+def resolve(
+    name: str, bundle: str | Path, card: ModelCard, precision: str, options: Mapping[str, Any]
+) -> str:
     """The backend `name` stands for: itself, or for `auto` the first in AUTO_ORDER that can run.
 
-    TensorRT is chosen only when an engine for this device exists: a build takes minutes
-    and is never started by a screen.
+    TensorRT is chosen only when an engine for this device (and DLA core, when one is asked
+    for) exists: a build takes minutes and is never started by a screen.
     """
     if name != "auto":
         return name
     for candidate in AUTO_ORDER:
-        if is_available(candidate) and _backend_class(candidate).can_open(bundle, card, precision):
+        if is_available(candidate) and _backend_class(candidate).can_open(
+            bundle, card, precision, **options
+        ):
             return candidate
+    if options.get("dla_core") is not None:
+        raise BackendUnavailable(
+            f"no {precision} TensorRT engine for DLA core {options['dla_core']} on this device: "
+            f"build one with `edgescreen engine build {bundle} --precision {precision} "
+            f"--dla {options['dla_core']}`"
+        )
     raise BackendUnavailable(
         f"no inference backend is installed: {REGISTRY['onnxruntime'].install_hint}"
     )
@@ -125,7 +135,7 @@ def open_backend(
     default True). ONNX Runtime: `threads`, `device` (auto | cpu | cuda), `target` (force an
     INT8 form), `unfused_qdq`. TensorRT: `dla_core`, `device_ordinal`, `engine`.
     """
-    name = resolve(backend, bundle, card, precision)
+    name = resolve(backend, bundle, card, precision, options)
     return _backend_class(name)(Path(bundle), card, precision, **options)
 
 

@@ -22,8 +22,11 @@ class OrtBackend:
     name = "onnxruntime"
 
     @classmethod
-    def can_open(cls, bundle: str | Path, card: ModelCard, precision: str) -> bool:
-        return True  # every bundle ships ONNX; a missing precision is reported when opened
+    def can_open(
+        cls, bundle: str | Path, card: ModelCard, precision: str, **options: object
+    ) -> bool:
+        # Every bundle ships ONNX (a missing precision is reported when opened); DLA is not ours.
+        return options.get("dla_core") is None
 
     def __init__(
         self,
@@ -36,11 +39,16 @@ class OrtBackend:
         target: str | None = None,
         unfused_qdq: bool = False,
         verify: bool = True,
+        dla_core: int | None = None,
     ) -> None:
         """`unfused_qdq` runs Q/DQ nodes as written (quantize, dequantize, float op) instead
         of fusing them into ORT's x86 integer kernels, whose int16 intermediate saturation
         adds error TensorRT does not have: it is how the TensorRT-form INT8 file is judged
         on a CPU."""
+        if dla_core is not None:
+            raise BackendUnavailable(
+                "a DLA core runs TensorRT engines only: screen with --backend tensorrt"
+            )
         available = ort.get_available_providers()
         cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
         if device == "cuda" and not cuda:
@@ -72,6 +80,19 @@ class OrtBackend:
         self.session = ort.InferenceSession(
             str(bundle / artifact.file), sess_options=options, providers=providers
         )
+        if cuda and target is None and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            # The GPU build fell back to the CPU (no GPU, a CUDA/cuDNN mismatch): run the form
+            # made, and measured, for the CPU.
+            cpu_key, cpu_artifact = choose_artifact(card, precision, backend=self.name)
+            if cpu_key != key:
+                if verify:
+                    verify_artifacts(bundle, card, only=[cpu_key])
+                artifact = cpu_artifact
+                self.session = ort.InferenceSession(
+                    str(bundle / artifact.file),
+                    sess_options=options,
+                    providers=["CPUExecutionProvider"],
+                )
         self.artifact = artifact.file
         self.precision = precision
         self.device = (

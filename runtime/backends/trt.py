@@ -31,7 +31,7 @@ from ..engine_cache import (
     make_key,
     quantizations,
 )
-from ..errors import BackendUnavailable, EdgescreenError
+from ..errors import BackendUnavailable, CardError, EdgescreenError
 from . import REGISTRY, cuda_mem
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,15 @@ def engine_keys(
 ) -> list[EngineKey]:
     """The keys an engine for the card's model and precision may carry on this device, the
     default build path's first (an engine built with a non-default --int8-mode is still found)."""
-    return [
-        make_key(card, precision, device, dla_core=dla_core, quantization=q)
-        for q in quantizations(device.trt_version, precision)
-    ]
+    keys, errors = [], []
+    for q in quantizations(device.trt_version, precision):
+        try:  # a path whose source file the bundle lacks cannot have built an engine
+            keys.append(make_key(card, precision, device, dla_core=dla_core, quantization=q))
+        except CardError as exc:
+            errors.append(exc)
+    if not keys:
+        raise errors[0]
+    return keys
 
 
 def engine_available(
@@ -102,17 +107,18 @@ def engine_available(
         return False
 
 
-def locate_engine(bundle: Path, keys: list[EngineKey]) -> Path:
+def locate_engine(bundle: Path, keys: list[EngineKey], *, verify_hash: bool = True) -> Path:
     """The engine to load: a cached one for one of `keys`, else refuse naming the build command."""
-    lookups = [find_engine(bundle, key) for key in keys]
+    lookups = [find_engine(bundle, key, verify_hash=verify_hash) for key in keys]
     for found in lookups:
         if found.path is not None:
             return found.path
     # The runtime never builds: a build takes minutes on a Jetson and lives in edgescreen.export
     # (the runtime imports nothing of ours: README, Layout). jetson/build-and-selftest.sh builds them.
+    dla = f" --dla {keys[0].dla_core}" if keys[0].dla_core is not None else ""
     raise StaleEngine(
         f"{lookups[0].explain()}; build one on this device with `edgescreen engine build {bundle} "
-        f"--precision {keys[0].precision}`"
+        f"--precision {keys[0].precision}{dla}`"
     )
 
 
@@ -133,8 +139,11 @@ class TrtBackend:
     name = "tensorrt"
 
     @classmethod
-    def can_open(cls, bundle: str | Path, card: ModelCard, precision: str) -> bool:
-        return engine_available(bundle, card, precision)
+    def can_open(
+        cls, bundle: str | Path, card: ModelCard, precision: str, **options: object
+    ) -> bool:
+        dla_core = options.get("dla_core")
+        return engine_available(bundle, card, precision, dla_core=dla_core)  # type: ignore[arg-type]
 
     def __init__(
         self,
@@ -165,8 +174,10 @@ class TrtBackend:
                     plan = Path(engine)
                     check_engine_file(plan, keys, verify_hash=verify)
                 else:
-                    plan = locate_engine(bundle, keys)
+                    plan = locate_engine(bundle, keys, verify_hash=verify)
                 self.engine_path = plan
+                # Relative to the bundle when inside it; else absolute (bundle / artifact finds both).
+                plan = plan.resolve() if not plan.is_relative_to(bundle) else plan
                 self.artifact = (
                     str(plan.relative_to(bundle)) if plan.is_relative_to(bundle) else str(plan)
                 )

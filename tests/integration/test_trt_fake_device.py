@@ -169,3 +169,36 @@ def test_a_failing_engine_is_refused_and_not_remembered(device, bundle, tmp_path
     assert not (tmp_path / "state" / "selftest").exists()
     gc.collect()
     assert cuda.live_contexts == 0
+
+
+def test_a_dla_core_without_its_engine_says_how_to_build_it(device, bundle, monkeypatch):
+    """--dla with the default backend: TensorRT when the DLA engine exists, else a clear refusal
+    naming the build command with --dla (it used to fall to ONNX Runtime and crash)."""
+    from edgescreen.export.trt import build_engine
+    from edgescreen.runtime.errors import BackendUnavailable
+    from edgescreen.runtime.screen import Screener
+
+    cuda, trt = device
+    build_engine(bundle, "fp16", trt=trt, device=ORIN)  # a GPU engine only
+    with pytest.raises(BackendUnavailable, match=r"DLA core 1.*--precision fp16 --dla 1"):
+        Screener(bundle, precision="fp16", dla_core=1)
+    build_engine(bundle, "fp16", dla_core=1, trt=trt, device=ORIN, timing_cache=False)
+    with Screener(bundle, precision="fp16", dla_core=1) as screener:  # auto finds it
+        assert screener.audit["device"] == "cuda:0+dla1"
+    with pytest.raises(BackendUnavailable, match="TensorRT engines only"):
+        Screener(bundle, precision="fp16", backend="onnxruntime", dla_core=1)
+
+
+def test_a_malformed_selftest_marker_means_test_again(device, bundle, tmp_path):
+    from edgescreen.export.trt import build_engine
+    from edgescreen.runtime.screen import Screener
+
+    cuda, trt = device
+    build_engine(bundle, "fp16", trt=trt, device=ORIN)
+    with Screener(bundle, precision="fp16", backend="tensorrt"):
+        pass
+    (marker,) = (tmp_path / "state" / "selftest").glob("*.json")
+    marker.write_text("[]")
+    with Screener(bundle, precision="fp16", backend="tensorrt"):
+        pass
+    assert json.loads(marker.read_text())["ready"] is True

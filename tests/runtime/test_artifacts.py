@@ -94,17 +94,25 @@ def test_onnxruntime_on_cuda_opens_the_tensorrt_form(tmp_path, monkeypatch):
         assert cpu.artifact == "model.int8-cpu.onnx"
     real = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
-    monkeypatch.setattr(ort, "InferenceSession", _CpuSession(ort.InferenceSession))
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", _CpuSession(real_session))
     with open_backend(bundle, card, "int8", "onnxruntime", device="cuda") as gpu:
-        assert gpu.artifact == "model.int8.onnx"
+        assert gpu.artifact == "model.int8.onnx" and gpu.device == "cuda:0"
+    # A GPU build whose CUDA does not start falls back to the CPU: then the CPU form runs.
+    monkeypatch.setattr(ort, "InferenceSession", _CpuSession(real_session, falls_back=True))
+    with open_backend(bundle, card, "int8", "onnxruntime") as fallen:
+        assert fallen.artifact == "model.int8-cpu.onnx" and fallen.device == "cpu"
 
 
 class _CpuSession:
-    """Stands in for a CUDA session on a machine without a GPU: records what was asked for."""
+    """Stands in for a CUDA session on a machine without a GPU: checks what was asked for and,
+    unless `falls_back`, answers as a CUDA session would."""
 
-    def __init__(self, real):
-        self.real = real
+    def __init__(self, real, falls_back=False):
+        self.real, self.falls_back = real, falls_back
 
     def __call__(self, path, sess_options=None, providers=None):
-        assert providers[0] == "CUDAExecutionProvider"
-        return self.real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        session = self.real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        if providers[0] == "CUDAExecutionProvider" and not self.falls_back:
+            session.get_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return session

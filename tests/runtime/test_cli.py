@@ -93,3 +93,28 @@ def test_stored_heatmap_is_upsampled_smoothly():
     row = stored[STORED_SIDE // 2].astype(int)
     assert np.abs(np.diff(row)).max() < 60  # no cliff
     assert (row == row.max()).sum() <= 4  # a peak, not a plateau
+
+
+def test_heatmaps_of_same_named_photos_in_two_folders_are_both_kept(
+    dr_bundle, fundus_dir, tmp_path
+):
+    photo = next((fundus_dir / "images").glob("*.jpg"))
+    for folder in ("p1", "p2"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(photo, tmp_path / folder / "left.jpg")
+    out = run(
+        "screen",
+        tmp_path / "p1" / "left.jpg",
+        tmp_path / "p2" / "left.jpg",
+        "--bundle",
+        dr_bundle,
+        "--heatmap",
+        tmp_path / "heat",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 2
+    assert sorted(p.name for p in (tmp_path / "heat").iterdir()) == [
+        "left.jpg.1.heatmap.jpg",
+        "left.jpg.heatmap.jpg",
+    ]

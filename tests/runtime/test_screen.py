@@ -187,3 +187,12 @@ def test_a_new_engine_is_selftested_once_and_refused_when_it_fails(tmp_path, mon
     engine.write_bytes(b"plan v2, rebuilt")
     ensure_selftest(StandIn(0.0), bundle, card, "fp16")
     assert len(calls) == 3
+
+
+def test_the_callers_name_wins(dr_bundle, fundus_dir):
+    from edgescreen.runtime.imageio import decode
+
+    photo = next((fundus_dir / "images").glob("*.jpg"))
+    with Screener(dr_bundle) as s:
+        assert s.screen(decode(photo, name="decoded-name"), name="given-name").image == "given-name"
+        assert s.screen(decode(photo, name="decoded-name")).image == "decoded-name"
