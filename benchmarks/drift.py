@@ -85,6 +85,7 @@ def drift_row(card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs) -> 
         "ci_high": hi,
         "flips": r["flip_count"],
         "flip_rate": r["flip_rate"],
+        "flip_rate_ci95": r["flip_rate_ci95"],
         "flipped_images": [f["image"] for f in r["flips"]],
         "sensitivity": r["referral_sensitivity"],
         "specificity": r["referral_specificity"],

@@ -103,6 +103,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _ci(row: dict[str, Any]) -> str:
+    """`, 95% CI a-b%` of a flip rate, when the row has its Wilson interval."""
+    ci = row.get("flip_rate_ci95")
+    return f", 95% CI {_fmt(100 * ci[0], 1)}-{_fmt(100 * ci[1], 1)}%" if ci else ""
+
+
 def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     lines = [
@@ -183,14 +189,14 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"## Drift against FP32 ({data.get('drift_data', 'evaluation set')})",
             "",
-            "| precision | metric | value | Δ vs fp32 (95% CI) | flips | sensitivity | specificity | ECE | max err |",
+            "| precision | metric | value | Δ vs fp32 (95% CI) | flips (rate, Wilson 95% CI) | sensitivity | specificity | ECE | max err |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in data["drift"]:
             ci = f"{_fmt(r.get('delta'), 4)} ({_fmt(r.get('ci_low'), 4)}, {_fmt(r.get('ci_high'), 4)})"
             lines.append(
                 f"| {r['precision']} | {r['metric_name']} | {_fmt(r.get('metric'), 4)} | {ci} | "
-                f"{r.get('flips', '–')} ({_fmt(100 * r.get('flip_rate', float('nan')), 1)}%) | "
+                f"{r.get('flips', '–')} ({_fmt(100 * r.get('flip_rate', float('nan')), 1)}%{_ci(r)}) | "
                 f"{_fmt(r.get('sensitivity'), 3)} | {_fmt(r.get('specificity'), 3)} | "
                 f"{_fmt(r.get('ece'), 3)} | {_fmt(r.get('max_abs_err'), 4)} |"
             )

@@ -73,6 +73,9 @@ def row_cells(r: dict[str, Any]) -> list[str]:
         lo, hi = r["delta_ci95"]
         delta = f"{r['delta']:+.4f} ({lo:+.4f}, {hi:+.4f})"
     flips = "-" if r.get("flip_count") is None else f"{r['flip_count']}/{r['images']}"
+    if r.get("flip_rate_ci95"):
+        lo, hi = r["flip_rate_ci95"]
+        flips += f" ({lo:.1%}-{hi:.1%})"
     err = "-" if r.get("max_rel_err") is None else f"{r['max_rel_err']:.2e}"
     return [r["precision"], r["file"], f"{r['size_mb']:.2f}", metric, delta, flips, err]
 
@@ -429,6 +432,7 @@ def _rows(
                 "delta": r.get("delta"),
                 "delta_ci95": r.get("delta_ci95"),
                 "flip_count": r.get("flip_count"),
+                "flip_rate_ci95": r.get("flip_rate_ci95"),
                 "images": r.get("images"),
                 "max_rel_err": r.get(
                     "max_rel_err", parity["fp32"]["max_rel_err"] if kind.form == "fp32" else None

@@ -126,6 +126,7 @@ def compare(
         "flips": flips,
         "flip_count": len(flips),
         "flip_rate": len(flips) / max(len(y), 1),
+        "flip_rate_ci95": list(M.wilson_interval(len(flips), len(y))),
         **output_errors(card, ref, got),
     }
 
@@ -144,7 +145,11 @@ def gate(card: ModelCard, results: dict[str, dict[str, Any]]) -> list[str]:
             out.append(f"{key}: |delta {r['metric_name']}| = {abs(r['delta']):.4f} exceeds {bound}")
         if r["flip_rate"] > lim.max_flip_rate:
             out.append(
-                f"{key}: decision flip rate {r['flip_rate']:.2%} ({r['flip_count']} of {r['images']}) "
-                f"exceeds {lim.max_flip_rate:.2%}"
+                f"{key}: decision flip rate {r['flip_rate']:.2%} ({r['flip_count']} of {r['images']}, "
+                f"95% CI {_pct(r['flip_rate_ci95'])}) exceeds {lim.max_flip_rate:.2%}"
             )
     return out
+
+
+def _pct(interval: Sequence[float]) -> str:
+    return f"{interval[0]:.1%}-{interval[1]:.1%}"

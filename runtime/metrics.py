@@ -11,6 +11,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "quadratic_weighted_kappa",
     "sensitivity_specificity",
     "threshold_for_sensitivity",
+    "wilson_interval",
     "youden_threshold",
 ]
 
@@ -373,6 +375,22 @@ def bootstrap_ci(
 
 
 # ---------------------------------------------------------------------------- cut points
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (z = 1.96) Wilson score interval of a proportion k/n.
+
+    A flip rate over a hundred-odd images is a handful of events: its plain k/n says little,
+    and the normal approximation gives negative bounds at k = 0. Wilson's interval does not.
+    """
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def apply_cutpoints(y_score: Any, cutpoints: Any) -> np.ndarray:

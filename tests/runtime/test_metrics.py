@@ -375,3 +375,16 @@ def test_apply_cutpoints_boundaries():
     got = M.apply_cutpoints([-1.0, 0.5, 0.49, 1.5, 2.0, 9.0], [0.5, 1.5, 2.5])
     np.testing.assert_array_equal(got, [0, 1, 0, 2, 2, 3])
     assert got.dtype == np.int64
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from edgescreen.runtime.metrics import wilson_interval
+
+    # 9 flips of 118 images (the demo's TensorRT-form INT8): about 4.1% to 13.9%.
+    lo, hi = wilson_interval(9, 118)
+    assert lo == pytest.approx(0.0406, abs=5e-4) and hi == pytest.approx(0.1387, abs=5e-4)
+    # 0 of n is not "0%": the upper bound is about 3.8/n at n = 100.
+    assert wilson_interval(0, 100) == pytest.approx((0.0, 0.0370), abs=5e-4)
+    assert wilson_interval(100, 100)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
