@@ -38,7 +38,9 @@ def _ece(card, outputs: dict[str, np.ndarray], y: np.ndarray) -> float:
 
 def prepared_inputs(samples: Sequence, card: ModelCard, *, workers: int = 2) -> np.ndarray:
     """(N, C, H, W) of the labelled samples, prepared as screening does (ungated)."""
-    sources = [s.array if s.array is not None else s.path for s in samples]
+    from edgescreen.export.data import sources_of
+
+    sources = sources_of(samples)
     if not sources:
         return prepare_batch([], card)
     step = max(1, -(-len(sources) // workers))

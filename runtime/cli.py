@@ -87,9 +87,8 @@ def _write_heatmaps(results, folder: Path, card) -> None:
     import cv2
     import numpy as np
 
-    from .imageio import decode
     from .overlay import overlay
-    from .prepare import decode_side
+    from .prepare import decode_for
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -105,8 +104,7 @@ def _write_heatmaps(results, folder: Path, card) -> None:
             name = f"{Path(r.image).name}.{i}.heatmap.jpg"
         taken.add(name)
         try:
-            side = decode_side(card.preprocessing, card.quality)
-            image = decode(r.image, max_pixels=card.input.max_pixels, min_side=side).image
+            image = decode_for(r.image, card).image
             bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
             if bgr.dtype != np.uint8:
                 bgr = cv2.convertScaleAbs(bgr, alpha=255.0 / 65535.0)

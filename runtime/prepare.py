@@ -67,6 +67,20 @@ def decode_side(
     return max(measuring_side(cfg.modality), size or cfg.size, limits.min_side if limits else 0)
 
 
+def decode_for(
+    source: str | Path | bytes | np.ndarray | Decoded, card: ModelCard, *, name: str | None = None
+) -> Decoded:
+    """Decode `source` as this card's screening does: its pixel limit, at decode_side's scale."""
+    if isinstance(source, Decoded):
+        return source
+    return decode(
+        source,
+        name=name,
+        max_pixels=card.input.max_pixels,
+        min_side=decode_side(card.preprocessing, card.quality),
+    )
+
+
 def prepare(
     decoded: Decoded | np.ndarray,
     card: ModelCard | PreprocessConfig,
@@ -119,16 +133,7 @@ def prepare_source(
     label = name or _label(source)
     start = time.perf_counter()
     try:
-        decoded = (
-            source
-            if isinstance(source, Decoded)
-            else decode(
-                source,
-                name=label,
-                max_pixels=card.input.max_pixels,
-                min_side=decode_side(card.preprocessing, card.quality),
-            )
-        )
+        decoded = decode_for(source, card, name=label)
         decode_ms = _ms(start)
         prepared = prepare(decoded, card, gate=gate)
         prepared.name = label  # the caller's name wins over what the decoder was told
@@ -155,16 +160,7 @@ def prepare_batch(
     """
     out = np.empty((len(sources), *card.input.shape), np.float32)
     for i, source in enumerate(sources):
-        decoded = (
-            source
-            if isinstance(source, Decoded)
-            else decode(
-                source,
-                max_pixels=card.input.max_pixels,
-                min_side=decode_side(card.preprocessing, card.quality),
-            )
-        )
-        out[i] = prepare(decoded, card, gate=False).tensor
+        out[i] = prepare(decode_for(source, card), card, gate=False).tensor
     return out
 
 

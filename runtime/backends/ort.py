@@ -56,12 +56,6 @@ class OrtBackend:
                 "device 'cuda' asked for, but this onnxruntime has no CUDA "
                 "provider: pip install onnxruntime-gpu"
             )
-        # The device decides the INT8 form, so it is known before the file is chosen.
-        key, artifact = choose_artifact(
-            card, precision, backend=self.name, device="cuda" if cuda else "cpu", target=target
-        )
-        if verify:  # only the file about to run: hashing every artifact costs seconds on a Jetson
-            verify_artifacts(bundle, card, only=[key])
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -74,25 +68,36 @@ class OrtBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        providers = (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        )
-        self.session = ort.InferenceSession(
-            str(bundle / artifact.file), sess_options=options, providers=providers
-        )
-        if cuda and target is None and self.session.get_providers()[0] != "CUDAExecutionProvider":
-            # The GPU build fell back to the CPU (no GPU, a CUDA/cuDNN mismatch): run the form
-            # made, and measured, for the CPU.
-            cpu_key, cpu_artifact = choose_artifact(card, precision, backend=self.name)
-            if cpu_key != key:
-                if verify:
-                    verify_artifacts(bundle, card, only=[cpu_key])
-                artifact = cpu_artifact
-                self.session = ort.InferenceSession(
-                    str(bundle / artifact.file),
-                    sess_options=options,
-                    providers=["CPUExecutionProvider"],
-                )
+
+        def open_file(device_kind: str, providers: list[str]):
+            key, artifact = choose_artifact(
+                card, precision, backend=self.name, device=device_kind, target=target
+            )
+            if (
+                verify
+            ):  # only the file about to run: hashing every artifact costs seconds on a Jetson
+                verify_artifacts(bundle, card, only=[key])
+            session = ort.InferenceSession(
+                str(bundle / artifact.file), sess_options=options, providers=providers
+            )
+            return key, artifact, session
+
+        # The device decides the INT8 form, so it is known before the file is chosen.
+        if cuda:
+            key, artifact, self.session = open_file(
+                "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            )
+            fell_back = self.session.get_providers()[0] != "CUDAExecutionProvider"
+            if (
+                fell_back
+                and target is None
+                and choose_artifact(card, precision, backend=self.name)[0] != key
+            ):
+                # The GPU build fell back to the CPU (no GPU, a CUDA/cuDNN mismatch): run the
+                # form made, and measured, for the CPU.
+                key, artifact, self.session = open_file("cpu", ["CPUExecutionProvider"])
+        else:
+            key, artifact, self.session = open_file("cpu", ["CPUExecutionProvider"])
         self.artifact = artifact.file
         self.precision = precision
         self.device = (

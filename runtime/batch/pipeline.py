@@ -3,7 +3,7 @@
 A pass discovers files, hashes the new or changed ones into the ledger (new content is
 `pending`, a known content gets one more path), then screens every pending item and
 commits each result in its own transaction. Screening reads each file once: a small pool
-reads, checks the bytes still hash to the item, decodes them (imageio.decode) and makes
+reads, checks the bytes still hash to the item, decodes them (prepare.decode_for: the one decoder) and makes
 the report's thumbnail, a few files ahead; Screener.screen_many prepares the decoded
 image while ONNX Runtime runs the previous batch. A one-shot run repeats passes until
 nothing changes; --watch keeps polling until SIGINT/SIGTERM.
@@ -25,10 +25,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..card import ModelCard
 from ..errors import ImageError
-from ..imageio import Decoded, decode, read_file
+from ..imageio import Decoded, read_file
 from ..overlay import heatmap_png
-from ..prepare import decode_side, failure
+from ..prepare import decode_for, failure
 from ..results import ScreeningResult
 from ..screen import Screener
 from .discover import Found, Stability, discover
@@ -294,8 +295,7 @@ def _load(
     rel: str,
     signature: tuple[int, int, int],
     sha256: str,
-    max_pixels: int | None,
-    min_side: int,
+    card: ModelCard,
 ) -> _Loaded:
     path = in_dir / rel
     try:
@@ -309,7 +309,7 @@ def _load(
         return _Loaded(item_id, rel, changed=True)
     start = time.perf_counter()
     try:
-        decoded = decode(data, name=rel, max_pixels=max_pixels, min_side=min_side)
+        decoded = decode_for(data, card, name=rel)
     except Exception as exc:  # noqa: BLE001 - one bad image must never stop a batch
         return _Loaded(item_id, rel, error=failure(rel, exc))
     decode_ms = round((time.perf_counter() - start) * 1000, 3)
@@ -343,9 +343,6 @@ def _run(
 ) -> int:
     if not entries:
         return 0
-    max_pixels = screener.card.input.max_pixels
-    # Decoded at the scale the gate and the model need (one decoder, as the Screener would).
-    min_side = decode_side(screener.card.preprocessing, screener.card.quality)
     loaded: deque[_Loaded] = deque()  # read, in input order, not settled yet
 
     def feed(loads: Iterator[_Loaded]) -> Iterator[Decoded]:
@@ -369,7 +366,8 @@ def _run(
 
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="read") as pool:
-        work = [(in_dir, *e, max_pixels, min_side) for e in entries]
+        # Decoded as the Screener would: the card's pixel limit, at the scale the work needs.
+        work = [(in_dir, *e, screener.card) for e in entries]
         loads = _ahead(pool, _load, work, 2 * opts.workers)
         results = screener.screen_many(feed(loads), batch_size=opts.batch_size)
         try:

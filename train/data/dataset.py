@@ -40,7 +40,9 @@ class PreparedCache:
             {
                 "cfg": cfg.to_dict(),
                 "working_size": working_size,
-                "decode_side": decode_side(cfg, size=working_size),  # a new decode scale: re-prepare
+                "decode_side": decode_side(
+                    cfg, size=working_size
+                ),  # a new decode scale: re-prepare
             },
             sort_keys=True,
         )
