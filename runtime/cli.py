@@ -273,6 +273,10 @@ class StageCommand:
 STAGE_COMMANDS: dict[str, StageCommand] = {
     "batch": StageCommand("edgescreen.runtime.batch.cli", "add_batch_command", None),
     "selftest": StageCommand("edgescreen.runtime.golden", "add_selftest_command", None),
+    # Regional hubs: the repository writer needs only the runtime; `serve` runs the
+    # tritonserver binary of the separate .venv-triton environment (runtime/triton/server.py).
+    "triton": StageCommand("edgescreen.runtime.triton.cli", "add_triton_command", None),
+    "serve": StageCommand("edgescreen.runtime.triton.cli", "add_serve_command", None),
     # Builds TensorRT engines on the device: needs TensorRT when run, never torch.
     "engine": StageCommand("edgescreen.export.cli", "add_engine_command", None),
     "synth": StageCommand("edgescreen.train.cli", "add_synth_command", None),

@@ -268,7 +268,9 @@ def _edge_sharpness(green: np.ndarray, mask: np.ndarray, mean: float) -> float:
         return 1.0  # no contrasted edge at all: as flat as a defocused picture
     coarse = _gradient(cv2.GaussianBlur(g, (0, 0), _EDGE_COARSE))
     ratio = f / np.maximum(coarse[peaks], 1e-6)
-    return float(np.percentile(ratio, 90))
+    # In float64: NumPy 1 and 2 interpolate a float32 percentile in different precisions,
+    # and the Triton server's environment runs NumPy 1 (runtime/triton/server.py).
+    return float(np.percentile(ratio.astype(np.float64), 90))
 
 
 def _gradient(x: np.ndarray) -> np.ndarray:

@@ -35,20 +35,28 @@ class Screener:
         bundle: str | Path,
         *,
         precision: str = "fp32",
-        backend: str = "auto",
+        backend: str | Backend = "auto",
         threads: int | None = None,
         workers: int = 2,
         verify: bool = True,
         dla_core: int | None = None,
     ) -> None:
-        """`dla_core` runs the TensorRT engine built for that DLA core (Jetson Orin AGX/NX)."""
+        """`dla_core` runs the TensorRT engine built for that DLA core (Jetson Orin AGX/NX).
+
+        `backend` is a registry name ("auto", "onnxruntime", "tensorrt") or an open Backend
+        (Triton's Python model passes one that calls a network model on the same server).
+        """
         self.bundle = Path(bundle)
         self.card = load_card(self.bundle)
         self.precision = precision
         options = {"threads": threads, "verify": verify}
         if dla_core is not None:
             options["dla_core"] = dla_core
-        self.backend: Backend = open_backend(self.bundle, self.card, precision, backend, **options)
+        self.backend: Backend = (
+            open_backend(self.bundle, self.card, precision, backend, **options)
+            if isinstance(backend, str)
+            else backend
+        )
         if self.backend.name == "tensorrt":
             # Engines are built per device, not listed in the card: each new one is checked
             # against the golden set once, with this very engine, before it screens anyone.
