@@ -22,9 +22,11 @@ def add_batch_command(sub) -> None:
         "Rerun the same command to resume after a crash: nothing is lost or "
         "screened twice.",
     )
-    p.add_argument("in_dir", type=Path, metavar="IN_DIR")
+    p.add_argument("in_dir", type=_tree, metavar="IN_DIR", help="a folder (with --ray: or a URI)")
     p.add_argument("--bundle", required=True, type=Path)
-    p.add_argument("--db", required=True, type=Path, help="the ledger (SQLite; created 0600)")
+    p.add_argument(
+        "--db", type=Path, help="the ledger (SQLite; created 0600); required without --ray"
+    )
     p.add_argument(
         "--watch", action="store_true", help="keep screening new uploads until SIGINT/SIGTERM"
     )
@@ -51,10 +53,36 @@ def add_batch_command(sub) -> None:
     p.add_argument(
         "--json", action="store_true", help="print the summary as JSON (no progress bar)"
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="screen on Ray Data (the hub extra) into Parquet at --out: an embedded local Ray, "
+        "or the cluster at ADDRESS; IN_DIR and --out may be URIs pyarrow opens (s3://...)",
+    )
+    p.add_argument(
+        "--out", help="with --ray: the Parquet dataset (folder or URI), keyed by content"
+    )
+    p.add_argument("--actors", type=int, default=2, help="with --ray: Screener actors (default 2)")
     p.set_defaults(func=cmd_batch)
 
 
+def _tree(value: str) -> Path | str:
+    """IN_DIR: a folder, kept as a Path; a URI stays a string (only --ray reads those)."""
+    return value if "://" in value else Path(value)
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
+    from ..errors import EdgescreenError
+
+    if args.ray is not None:
+        return cmd_batch_ray(args)
+    if args.db is None or isinstance(args.in_dir, str):
+        raise EdgescreenError(
+            "give --db (the SQLite ledger) and a local IN_DIR, or --ray --out OUT for Parquet"
+        )
     from ..card import load_card
     from .ledger import Ledger
     from .patients import group
@@ -122,6 +150,62 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
+    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+
+
+def cmd_batch_ray(args: argparse.Namespace) -> int:
+    """`batch --ray`: run_ray_batch, then the counts read back from the Parquet dataset."""
+    from ..errors import EdgescreenError
+    from .ray_hub import RayBatchOptions, run_ray_batch, summarise
+
+    unsupported = [
+        f for f in ("watch", "report", "csv", "pseudonymise", "dla", "db") if getattr(args, f)
+    ]
+    if unsupported or not args.out:
+        raise EdgescreenError(
+            "--ray writes Parquet to --out (required); "
+            + (f"not with --{', --'.join(unsupported)}" if unsupported else "no --out given")
+        )
+    opts = RayBatchOptions(
+        in_uri=str(args.in_dir),
+        out_uri=args.out,
+        bundle=args.bundle,
+        precision=args.precision,
+        backend=args.backend,
+        address=args.ray or None,
+        actors=args.actors,
+        batch_size=args.batch_size,
+        threads=args.threads or 1,  # actors share the cores: one inference thread each
+        workers=args.workers,
+    )
+    with _Bar(enabled=not args.json and sys.stderr.isatty()) as bar:
+        stats = run_ray_batch(opts, progress=bar)
+    counts = summarise(args.out)
+    summary = {
+        **counts,
+        "pending": 0,
+        "this_run": {
+            "discovered": stats.discovered,
+            "new": stats.new_items,
+            "aliases": stats.aliases,
+            "screened": stats.screened,
+            "recovered": stats.recovered,
+            **stats.finished,
+            "images_per_s": round(stats.screened / stats.screening_s, 2)
+            if stats.screening_s
+            else None,
+            "elapsed_s": round(stats.elapsed_s, 2),
+            "interrupted": False,
+            "actor_processes": len(stats.worker_pids),
+        },
+        "out": args.out,
+        "patients": 0,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+        print(f"parquet: {args.out}")
     return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
 
 
