@@ -4,9 +4,8 @@ The crop families keep their crop *inside* the graph (ArgMax, MaxPool, Resize, R
 RoiAlign: ops TensorRT and ONNX Runtime both run), so one ONNX file per precision, one
 engine, one runtime path and one INT8 calibration cover them like every other family.
 
-- Zoom-in-Net: the same greedy top-n peak picking and patch crop as training, rewritten
-  with the batch size kept symbolic (training code uses ``len(x)``, which tracing freezes).
-  Identical outputs.
+- Zoom-in-Net: the model's own forward (greedy peaks on the resized gated map, an s x s
+  suppression window, early stop, RoiAlign crops), written to trace with a symbolic batch.
 - AG-CNN: the box rule of train/models/agcnn.py (`peak_region_boxes`: the region around
   the smoothed attention peak, grown by iterated 3x3 max-pooling), which training uses too.
 
@@ -18,8 +17,6 @@ makes those pads constants before tracing.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -77,15 +74,12 @@ def export_view(model: nn.Module, input_shape: tuple[int, ...] | None = None) ->
         freeze_same_padding(model, input_shape)
     family = getattr(model, "family", None)
     if family == "zoomin":
-        return ZoomInGraph(model)
+        # ZoomInNet.forward keeps the batch symbolic itself (train/models/zoomin.py); its
+        # one-image path, the single-eye fallback, is the graph: the very picking training uses.
+        return ExportView(model)
     if family == "agcnn":
         return AGCNNGraph(model)
     return ExportView(model)
-
-
-def _batch_index(like: torch.Tensor) -> torch.Tensor:
-    """(N,) float 0..N-1 built from a tensor, so the batch size stays symbolic when traced."""
-    return torch.ones_like(like.reshape(like.shape[0], -1)[:, 0]).cumsum(0) - 1
 
 
 class _View(nn.Module):
@@ -94,55 +88,6 @@ class _View(nn.Module):
         self.model = model
         self.names = tuple(model.export_outputs)
         self.train(model.training)
-
-
-class ZoomInGraph(_View):
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        m = self.model
-        out = m.mnet_anet_forward(x)
-        gated = out["gated"]
-        H, W = x.shape[-2:]
-        h, w = gated.shape[-2:]
-        sy, sx = int(H) / int(h), int(W) / int(w)
-        window = max(1, math.ceil(m.patch_size / max(sy, sx)))
-        lesion = gated[:, 1:].amax(dim=1) if gated.shape[1] > 1 else gated[:, 0]
-        scores = lesion.flatten(1)
-        yy = torch.arange(int(h), device=x.device).repeat_interleave(int(w))
-        xx = torch.arange(int(w), device=x.device).repeat(int(h))
-        # Suppressed cells drop just below the map's minimum rather than to -inf: argmax is the
-        # same, and the tensor keeps a finite range for INT8 calibration.
-        floor = (scores.amin(dim=1, keepdim=True) - 1).expand_as(scores)
-        picks = []
-        for _ in range(m.num_patches):
-            idx = scores.argmax(dim=1, keepdim=True)
-            py, px = idx // int(w), idx % int(w)
-            picks.append(torch.cat([py, px], dim=1))
-            near = ((yy[None] - py).abs() < window) & ((xx[None] - px).abs() < window)
-            scores = torch.where(near, floor, scores)
-        centres = (torch.stack(picks, dim=1).to(x.dtype) + 0.5) * torch.tensor(
-            [sy, sx], dtype=x.dtype
-        )
-        n, half = m.num_patches, m.patch_size / 2
-        index = _batch_index(x)[:, None].expand(-1, n).reshape(-1)
-        cy, cx = centres[..., 0].reshape(-1), centres[..., 1].reshape(-1)
-        rois = torch.stack([index, cx - half, cy - half, cx + half, cy + half], dim=1)
-        from torchvision.ops import roi_align
-
-        patches = roi_align(
-            x,
-            rois,
-            output_size=(m.patch_size, m.patch_size),
-            spatial_scale=1.0,
-            sampling_ratio=1,
-            aligned=True,
-        )
-        feats = m.cnet(patches).mean(dim=(2, 3))
-        cnet_pooled = feats.reshape(-1, n, feats.shape[-1]).amax(dim=1)
-        result = {
-            "scores": m.fusion_forward(out["mnet_pooled"], cnet_pooled),
-            "heatmap": out["attention"],
-        }
-        return tuple(result[k] for k in self.names)
 
 
 class AGCNNGraph(_View):

@@ -32,6 +32,15 @@ def add_train_command(sub) -> None:
         help="prepared-image cache (default ~/.cache/edgescreen)",
     )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="stratified patient K-fold: train K models under --out/fold-N (each validated on "
+        "its held-out patients, the test split untouched), then their average as one model "
+        "(--out/model.pt, exported like any other)",
+    )
     p.set_defaults(func=run_train)
 
 
@@ -44,6 +53,8 @@ def run_train(args: argparse.Namespace) -> int:
     sets = [load_dataset(spec) for spec in args.data]
     for ls in sets:
         print(ls.summary())
+    if args.folds is not None:
+        return _run_folds(cfg, sets, args)
     result = train(
         cfg,
         sets,
@@ -65,6 +76,47 @@ def run_train(args: argparse.Namespace) -> int:
         json.dumps(summary, indent=2)
         if args.json
         else f"done in {result.seconds:.0f}s: validation {result.metric_name} {result.val_metric:.4f} -> {result.checkpoint}"
+    )
+    return 0
+
+
+def _run_folds(cfg, sets, args: argparse.Namespace) -> int:
+    from edgescreen.runtime.errors import EdgescreenError
+
+    from .kfold import train_folds
+
+    if args.folds < 2:
+        raise EdgescreenError(f"--folds must be at least 2, got {args.folds}")
+    result = train_folds(
+        cfg,
+        sets,
+        args.out,
+        folds=args.folds,
+        resume=args.resume,
+        device=args.device,
+        cache_dir=args.cache,
+        progress=not args.json,
+    )
+    summary = {
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "folds": [f.to_dict() for f in result.folds],
+        "out_of_fold": {k: v for k, v in result.oof.items() if k != "metric_name"},
+        "test_images": result.test_images,
+        "seconds": round(result.seconds, 1),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    for f in result.folds:
+        print(
+            f"fold {f.fold}: validation {f.metric_name} {f.val_metric:.4f} on {f.val_images} "
+            f"images ({len(f.val_patients)} patients) -> {f.out_dir / 'model.pt'}"
+        )
+    name = result.oof.get("metric_name", "metric")
+    where = result.checkpoint or f"{result.out_dir} (no ensemble for {cfg.family})"
+    print(
+        f"done in {result.seconds:.0f}s: out-of-fold {name} {result.oof['metric']:.4f}, "
+        f"{result.test_images} test images held out -> {where}"
     )
     return 0
 

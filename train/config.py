@@ -4,6 +4,11 @@ A run is a list of stages (the families' papers train in stages: AG-CNN global �
 fusion, Zoom-in-Net M → A → C, multitask pre-train → focal → combiner, M²CNN cell by
 cell). Each stage names what it trains, its loss, optimiser and epochs, and an optional
 model method to call first (`grow` for M²CNN).
+
+Every stage keeps its own best epoch, chosen by the validation metric of the output it
+`select`s (by default the output its loss trains), and the next stage starts from those
+weights; the run's model is the last stage's best epoch (AG-CNN: "in each stage, we use
+the model with the highest AUC on the validation set").
 """
 
 from __future__ import annotations
@@ -34,10 +39,37 @@ class StageConfig:
     before: str | None = None  # model method called when the stage starts, e.g. "grow"
     input_size: int | None = None  # M²CNN: this cell's input resolution
     warmup_epochs: int = 0
+    # The model output key whose validation metric (the task's: mean AUROC, QWK, accuracy)
+    # picks this stage's best epoch. None: the loss's `loss_args.output`, else the
+    # exported outputs as the card reads them (the fused answer).
+    select: str | None = None
+    # Gradient accumulation: one optimizer (and scheduler) step every `accumulate`
+    # mini-batches, each batch's loss scaled by 1/accumulate (Zoom-in-Net: every 12).
+    accumulate: int = 1
+    # False: every nn.Dropout* module stays in eval mode while this stage trains.
+    dropout: bool = True
+
+    @property
+    def selects(self) -> str | None:
+        """The output key that selects the best epoch; None means the exported outputs."""
+        output = self.loss_args.get("output")
+        return self.select or (output if isinstance(output, str) and output else None)
 
     def validate(self, where: str) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise CardError("epochs >= 0, batch_size >= 1 and lr > 0 are required", field=where)
+        if self.accumulate < 1:
+            raise CardError(
+                f"must be an integer >= 1 (optimizer step every N mini-batches), got {self.accumulate}",
+                field=f"{where}.accumulate",
+            )
+        if self.select is not None and not self.select.strip():
+            raise CardError(
+                "must name a model output key (e.g. global_scores) or be left out",
+                field=f"{where}.select",
+            )
+        if self.warmup_epochs < 0:
+            raise CardError("must be >= 0", field=f"{where}.warmup_epochs")
 
 
 @dataclass(frozen=True)
@@ -60,6 +92,9 @@ class TrainConfig:
     augment_strength: float = 1.0
     target_sensitivity: float = 0.90  # referral threshold fitted for this sensitivity (DR)
     amp: bool = True  # used on CUDA only
+    # Zoom-in-Net: training batches carry both eyes of a patient where the set has them
+    # (train/data/dataset.py fellow_eyes); validation and test stay one image, as served.
+    pair_eyes: bool = False
 
     def validate(self, where: str) -> None:
         if not self.stages:

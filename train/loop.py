@@ -25,13 +25,15 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from edgescreen.runtime import evaluation, metrics
 from edgescreen.runtime.card import ModelCard, OutputSpec, new_card
+from edgescreen.runtime.errors import CardError
 from edgescreen.runtime.postprocess import activate
 from edgescreen.runtime.preprocess import PreprocessConfig
+from edgescreen.runtime.schema import from_data
 
 from .config import StageConfig, TrainConfig
 from .data.dataset import ScreeningDataset
 from .data.records import LabelledSet, Sample
-from .data.splits import check_disjoint, patient_split, sample_hash
+from .data.splits import carve_validation, check_disjoint, patient_split, sample_hash
 from .models import build_model
 from .objectives import objective
 
@@ -63,12 +65,20 @@ class StopTraining(Exception):
 def split_samples(
     data: LabelledSet | Sequence[LabelledSet], cfg: TrainConfig
 ) -> dict[str, list[Sample]]:
-    """Official train/val/test where the set has them, else a stratified patient-level split."""
+    """Official train/val/test where the set has them, else a stratified patient-level split.
+
+    Samples marked "trainval" (NIH's train_val_list.txt) never reach test: validation is
+    carved from them by patient, and test is the official test list alone.
+    """
     sets = [data] if isinstance(data, LabelledSet) else list(data)
     official: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    trainval: list[Sample] = []
     rest: list[Sample] = []
     for s in (s for ls in sets for s in ls.samples):
-        official.get(s.split, rest).append(s)
+        (trainval if s.split == "trainval" else official.get(s.split, rest)).append(s)
+    if trainval:
+        for name, part in carve_validation(trainval, cfg.split, seed=cfg.seed).items():
+            official[name].extend(part)
     if rest:
         for name, part in patient_split(rest, cfg.split, seed=cfg.seed).items():
             official[name].extend(part)
@@ -193,6 +203,7 @@ class Trainer:
             working_size=working,
             cache_dir=self.cache_dir,
             seed=self.cfg.seed,
+            pair_eyes=train and self.cfg.pair_eyes,
         )
         if train and self.cfg.augment_strength != 1.0:
             from .augment import build_augmentation
@@ -273,17 +284,22 @@ class Trainer:
 
     # -- run ----------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> TrainResult:
+        """Train every stage; each picks its best epoch by its `select`ed output's validation
+        metric, and the next stage starts from those weights. The run's model is the last
+        stage's best epoch."""
         cfg, start_time = self.cfg, time.perf_counter()
         state = self._load(CHECKPOINT) if resume and (self.out / CHECKPOINT).exists() else None
         if resume and state is None:
             print(f"no checkpoint in {self.out}: starting from scratch")
         stage_i, epoch = (state["stage"], state["epoch"]) if state else (0, 0)
         history: list[dict[str, Any]] = state["history"] if state else []
-        best: dict[str, Any] | None = state["best"] if state else None
+        # Per stage: {"stage", "name", "select", "epoch", "metric", "file"} of its best epoch.
+        best: list[dict[str, Any] | None] = state["best"] if state else [None] * len(cfg.stages)
         model = self._build(stage_i)
         if state:
             model.load_state_dict(state["model"])
             _set_rng(state["rng"])
+        opt = sched = None
 
         for si in range(stage_i, len(cfg.stages)):
             stage = cfg.stages[si]
@@ -291,9 +307,14 @@ class Trainer:
                 epoch = 0
                 model = _stage_hook(model, stage).to(self.device)
             size = self._stage_size(stage)
+            select = stage.selects
+            if stage.epochs:
+                self._check_select(model, stage, size)
             params = self._set_trainable(model, stage)
-            steps_per_epoch = math.ceil(len(self.splits["train"]) / stage.batch_size)
-            opt, sched = self._optimizer(params, stage, steps_per_epoch * stage.epochs)
+            batches = math.ceil(len(self.splits["train"]) / stage.batch_size)
+            opt, sched = self._optimizer(
+                params, stage, math.ceil(batches / stage.accumulate) * stage.epochs
+            )
             if state and si == stage_i:
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])
@@ -309,42 +330,88 @@ class Trainer:
                     epoch_seed,
                     f"{stage.name} {ep + 1}/{stage.epochs}",
                 )
-                val = self.evaluate(model, "val", size)
-                row = {"stage": stage.name, "epoch": ep + 1, "loss": loss, **val}
+                val, chosen = self._validate(model, size, select)
+                row = {
+                    "stage": stage.name,
+                    "epoch": ep + 1,
+                    "loss": loss,
+                    **val,
+                    "select": select or "exported",
+                    "select_metric": chosen,
+                }
                 history.append(row)
-                improved = size == cfg.input_size and (
-                    best is None or val["metric"] > best["metric"]
-                )
+                mine = best[si]
+                improved = mine is None or chosen > mine["metric"]
                 if improved:
-                    best = {"metric": val["metric"], "stage": si, "epoch": ep + 1}
-                    self._save(BEST, model, si, ep + 1, opt, sched, history, best)
+                    best[si] = {
+                        "stage": si,
+                        "name": stage.name,
+                        "select": select or "exported",
+                        "epoch": ep + 1,
+                        "metric": chosen,
+                        "file": stage_best_file(si),
+                    }
+                    self._save_weights(stage_best_file(si), model, best[si])
                 self._save(CHECKPOINT, model, si, ep + 1, opt, sched, history, best)
                 if self.progress:
                     print(
                         f"[{stage.name}] epoch {ep + 1}/{stage.epochs} loss {loss:.4f} "
-                        f"val {val['metric_name']} {val['metric']:.4f}{' *' if improved else ''}",
+                        f"val {val['metric_name']} {val['metric']:.4f} "
+                        f"{select or 'exported'} {chosen:.4f}{' *' if improved else ''}",
                         flush=True,
                     )
                 if self.on_epoch_end:
                     self.on_epoch_end(row)
             if stage.epochs == 0:
                 self._save(CHECKPOINT, model, si, 0, opt, sched, history, best)
-        if best is None:  # no epoch ran at the exported size: keep the final weights
-            self._save(
-                BEST,
-                model,
-                len(cfg.stages) - 1,
-                cfg.stages[-1].epochs,
-                opt,
-                sched,
-                history,
-                {
-                    "metric": float("nan"),
-                    "stage": len(cfg.stages) - 1,
-                    "epoch": cfg.stages[-1].epochs,
-                },
-            )
+            if best[si] is not None:  # hand the stage's best epoch on, not its last
+                weights = self._load(best[si]["file"])
+                model.load_state_dict(weights["model"])
+        last = len(cfg.stages) - 1
+        final = best[last] or {
+            "stage": last,
+            "name": cfg.stages[last].name,
+            "select": cfg.stages[last].selects or "exported",
+            "epoch": 0,
+            "metric": float("nan"),
+        }
+        self._save(BEST, model, last, cfg.stages[last].epochs, opt, sched, history, best, final)
         return self._finish(time.perf_counter() - start_time, history)
+
+    def _check_select(self, model: torch.nn.Module, stage: StageConfig, size: int) -> None:
+        """Refuse a `select` the model does not output before spending an epoch on it."""
+        key = stage.selects
+        if key is None:
+            return
+        model.eval()
+        channels = preprocessing_for(self.cfg, size).channels
+        with torch.no_grad():
+            out = model(torch.zeros(2, channels, size, size, device=self.device))
+        if key not in out:
+            field = "select" if stage.select else "loss_args.output"
+            raise ValueError(
+                f"stage {stage.name!r}: {field} {key!r} is not an output of the "
+                f"{type(model).__name__} model (its outputs: {', '.join(out)})"
+            )
+        wrong = out[key].dim() != 2 or out[key].shape[1] != len(self.labels)
+        if wrong and key not in model.export_outputs:
+            raise ValueError(
+                f"stage {stage.name!r}: select {key!r} has shape {tuple(out[key].shape)}; "
+                f"a selecting output needs one score per label ({len(self.labels)})"
+            )
+
+    def _validate(
+        self, model: torch.nn.Module, size: int, select: str | None
+    ) -> tuple[dict[str, Any], float]:
+        """Metrics of the exported outputs on val, and the metric that selects (see select_card)."""
+        extra = () if select is None or select in model.export_outputs else (select,)
+        outputs = self.predict(model, "val", size, extra=extra)
+        y = _targets(self.splits["val"])
+        card = card_for(self.cfg, model, self.labels)
+        val = task_metrics(card, outputs, y)
+        if select is None:
+            return val, val["metric"]
+        return val, task_metrics(select_card(card, select), outputs, y)["metric"]
 
     def _train_epoch(self, model, stage, opt, sched, size, epoch_seed, label) -> float:
         model.train()
@@ -354,13 +421,17 @@ class Trainer:
                 p.requires_grad for p in module.parameters()
             ):
                 module.eval()
+            if not stage.dropout and isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                module.eval()
         loader = self._loader(
             "train", size, train=True, batch_size=stage.batch_size, epoch_seed=epoch_seed
         )
         use_amp = self.cfg.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        total, count = 0.0, 0
-        for x, y in _progress(loader, label, self.progress):
+        total, count, n = 0.0, 0, len(loader)
+        every = stage.accumulate
+        opt.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(_progress(loader, label, self.progress)):
             x, y = x.to(self.device), y.to(self.device)
             with torch.autocast(self.device.type, enabled=use_amp):
                 outputs = model(x)
@@ -372,20 +443,30 @@ class Trainer:
                     num_classes=len(self.labels),
                     **stage.loss_args,
                 )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            # The last group of an epoch may be short: divide by its real length, so every
+            # optimizer step follows a mean of batch gradients.
+            group = min(every, n - (i // every) * every)
+            scaler.scale(loss / group).backward()
+            if (i + 1) % every == 0 or i + 1 == n:
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
             total += float(loss.detach()) * len(x)
             count += len(x)
         return total / max(count, 1)
 
     @torch.inference_mode()
     def predict(
-        self, model: torch.nn.Module, split: str, size: int | None = None
+        self,
+        model: torch.nn.Module,
+        split: str,
+        size: int | None = None,
+        *,
+        extra: Sequence[str] = (),
     ) -> dict[str, np.ndarray]:
-        """Exported outputs of the model over a split, as the runtime would receive them."""
+        """Exported outputs of the model over a split, as the runtime would receive them,
+        plus the training-only outputs named in `extra`."""
         model.eval()
         loader = self._loader(
             split, size or self.cfg.input_size, train=False, batch_size=32, epoch_seed=0
@@ -393,7 +474,7 @@ class Trainer:
         chunks: dict[str, list[np.ndarray]] = {}
         for x, _ in loader:
             out = model(x.to(self.device))
-            for name in model.export_outputs:
+            for name in (*model.export_outputs, *extra):
                 chunks.setdefault(name, []).append(out[name].float().cpu().numpy())
         return {k: np.concatenate(v) for k, v in chunks.items()}
 
@@ -418,7 +499,7 @@ class Trainer:
         card = card.replace(
             metrics={"validation": {k: v for k, v in val.items() if k != "metric_name"}},
             versions=_versions(),
-            data_manifest=self.data_manifest(),
+            data_manifest={**self.data_manifest(), "training": self._provenance(best)},
         )
         (self.out / CARD).write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n")
         # What export needs: weights, the config that rebuilds the model, the card fragment.
@@ -443,30 +524,127 @@ class Trainer:
             seconds,
         )
 
+    def _provenance(self, final_state: dict[str, Any]) -> dict[str, Any]:
+        """How the weights came to be: initial weights, and each stage's selected epoch."""
+        stages = []
+        for stage, chosen in zip(self.cfg.stages, final_state["best"], strict=True):
+            stages.append(
+                {
+                    "name": stage.name,
+                    "epochs": stage.epochs,
+                    "select": stage.selects or "exported",
+                    "best_epoch": chosen["epoch"] if chosen else None,
+                    "best_metric": _json_number(chosen["metric"]) if chosen else None,
+                }
+            )
+        final = final_state.get("final") or {}
+        return {
+            "initial_weights": initial_weights(self.cfg),
+            "stages": stages,
+            "selection": "each stage keeps its best validation epoch by its select output "
+            "and hands it to the next; the model is the last stage's best epoch",
+            "final": {"stage": final.get("name"), "epoch": final.get("epoch")},
+        }
+
     # -- checkpoints ----------------------------------------------------------------------
-    def _save(self, name, model, stage, epoch, opt, sched, history, best) -> None:
+    def _save(self, name, model, stage, epoch, opt, sched, history, best, final=None) -> None:
         state = {
             "config": self.cfg.to_dict(),
             "stage": stage,
             "epoch": epoch,
             "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scheduler": sched.state_dict() if sched is not None else None,
             "history": history,
-            "best": best,
+            "best": best,  # per stage: its best epoch (see run)
+            "final": final,  # best.pt only: which stage's best epoch the model is
             "rng": _get_rng(),
         }
+        self._write(name, state)
+
+    def _save_weights(self, name: str, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+        """A stage's best epoch: what the next stage (and a resumed run) starts from."""
+        self._write(
+            name,
+            {
+                "config": self.cfg.to_dict(),
+                "stage": meta["stage"],
+                "epoch": meta["epoch"],
+                "model": model.state_dict(),
+                "selected": meta,
+            },
+        )
+
+    def _write(self, name: str, state: dict[str, Any]) -> None:
         tmp = self.out / f".{name}.tmp"
         torch.save(state, tmp)  # temp file + rename: a crash never leaves half a checkpoint
         os.replace(tmp, self.out / name)
 
     def _load(self, name: str) -> dict[str, Any]:
-        state = torch.load(self.out / name, map_location=self.device, weights_only=False)
-        if state["config"] != self.cfg.to_dict():
+        path = self.out / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (was the run folder pruned?)")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        # Normalised, so a config written before a field was added still compares equal.
+        try:
+            written = from_data(TrainConfig, state["config"], "config").to_dict()
+        except CardError:
+            written = state["config"]
+        if written != self.cfg.to_dict():
+            raise ValueError(f"{path} was written by a different config; use a new --out")
+        if "best" in state and not isinstance(state["best"], list):
             raise ValueError(
-                f"{self.out / name} was written by a different config; use a new --out"
+                f"{path} was written by an older edgescreen that kept no per-stage best "
+                "weights; it cannot be resumed: train again with a new --out"
             )
         return state
+
+
+def initial_weights(cfg: TrainConfig) -> dict[str, Any]:
+    """What the backbone weights started from, for the card; says so plainly when nothing."""
+    source = cfg.model.get("pretrained") or None
+    if source is None:
+        return {
+            "source": "none",
+            "statement": "trained from scratch: no pretrained (ImageNet) weights were loaded",
+        }
+    if source == "imagenet-lite":
+        return {
+            "source": "imagenet-lite",
+            "statement": "backbone initialised from the EfficientNet-Lite ImageNet checkpoint",
+        }
+    path = Path(str(source))
+    out: dict[str, Any] = {
+        "source": "file",
+        "file": path.name,
+        "statement": f"backbone initialised from the local weights file {path.name}",
+    }
+    if path.is_file():
+        from edgescreen.runtime.card import sha256_file
+
+        out["sha256"] = sha256_file(path)
+    return out
+
+
+def stage_best_file(stage: int) -> str:
+    """The run folder's file holding stage `stage`'s (0-based) best epoch weights."""
+    return f"best.stage{stage}.pt"
+
+
+def select_card(card: ModelCard, select: str) -> ModelCard:
+    """The card read through `select` alone: an exported output as its own spec, a
+    training-only output (AG-CNN's global_scores) as the task's scores, same activation."""
+    heat = tuple(o for o in card.outputs if o.role == "heatmap")
+    own = next((o for o in card.outputs if o.name == select), None)
+    if own is None:
+        scores = card.output("scores")
+        activation = scores.activation if scores else "softmax"
+        if card.task == "cxr_findings":
+            activation = "sigmoid"
+        own = OutputSpec(select, "scores", activation)
+    if own.role == "heatmap":
+        raise ValueError(f"select {select!r} is a heat map, which has no validation metric")
+    return card.replace(outputs=(own, *heat))
 
 
 # -- task metrics and thresholds ----------------------------------------------------------
@@ -537,6 +715,10 @@ def _stage_hook(model: torch.nn.Module, stage: StageConfig) -> torch.nn.Module:
 
 def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
     return (seed * 1_000_003 + stage * 10_007 + epoch) & 0x7FFFFFFF
+
+
+def _json_number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _finite(value: float) -> float:

@@ -29,18 +29,24 @@ def focal_loss(
     target: torch.Tensor,
     *,
     gamma: float = 2.0,
+    alpha: float | None = None,
     weight: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Categorical focal loss (Lin et al. 2017): -w_y (1 - p_y)^gamma log p_y.
+    """Categorical focal loss (Lin et al. 2017): -alpha w_y (1 - p_y)^gamma log p_y.
 
     Down-weights easy, confidently-correct examples so the rare severe grades are not
     drowned by the many easy "no DR" images.  With gamma = 0 it is exactly
     ``F.cross_entropy(logits, target, weight=weight)``, including torch's weighted mean
-    (divided by the sum of the targets' weights).
+    (divided by the sum of the targets' weights), times ``alpha``.  A scalar ``alpha``
+    only scales the loss: it is the ``categorical_focal_loss(alpha=.25, gamma=2)`` the
+    APTOS write-up uses (umbertogriffo/focal-loss-keras), whose alpha sets the focal
+    terms' weight against the regression head's MSE, not a class balance (``weight`` is).
     """
     log_p = F.log_softmax(logits, dim=1).gather(1, target.long()[:, None]).squeeze(1)
     loss = -((1 - log_p.exp()).clamp_min(0) ** gamma) * log_p if gamma else -log_p
+    if alpha is not None:
+        loss = alpha * loss
     denom = None
     if weight is not None:
         w = weight.to(logits)[target.long()]
@@ -107,11 +113,33 @@ def ordinal_targets(grade: torch.Tensor, num_classes: int = 5) -> torch.Tensor:
 
 
 def ordinal_loss(
-    ord_logits: torch.Tensor, grade: torch.Tensor, *, reduction: str = "mean"
+    ord_logits: torch.Tensor,
+    grade: torch.Tensor,
+    *,
+    gamma: float = 0.0,
+    alpha: float | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """BCE of the K-1 cumulative logits P(grade > k) against ``ordinal_targets``."""
+    """BCE of the K-1 cumulative logits P(grade > k) against ``ordinal_targets``; with
+    ``gamma``/``alpha`` the binary focal loss instead (the write-up's stage 2)."""
     target = ordinal_targets(grade, ord_logits.shape[1] + 1).to(ord_logits)
-    return F.binary_cross_entropy_with_logits(ord_logits, target, reduction=reduction)
+    return binary_focal_loss(ord_logits, target, gamma=gamma, alpha=alpha, reduction=reduction)
+
+
+REGRESSION_LOSSES = ("smooth_l1", "mse", "mae")
+
+
+def regression_loss(value: torch.Tensor, grade: torch.Tensor, kind: str) -> torch.Tensor:
+    """The grade-regression term: "mae" (the write-up's stage 1), "mse" (stages 2 and 3),
+    or "smooth_l1" (Huber with delta 1, MAE's robustness with a smooth minimum)."""
+    grade = grade.to(value)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(value, grade)
+    if kind == "mse":
+        return F.mse_loss(value, grade)
+    if kind == "mae":
+        return F.l1_loss(value, grade)
+    raise ValueError(f"regression must be one of {', '.join(REGRESSION_LOSSES)}, not {kind!r}")
 
 
 def multitask_loss(
@@ -121,28 +149,25 @@ def multitask_loss(
     *,
     regression: str = "smooth_l1",
     gamma: float = 0.0,
+    alpha: float | None = None,
     class_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Regression + classification + ordinal loss for the ``multitask`` family.
 
     ``outputs`` needs "reg" (N,), "scores" (N, K), "ord" (N, K-1); ``target`` is the grade (N,).
-    ``weights`` is (reg, cls, ord) or a mapping with those keys.  ``gamma`` > 0 turns the
-    classification term into focal loss (stage 2).
+    ``weights`` is (reg, cls, ord) or a mapping with those keys.  ``gamma`` > 0 or an
+    ``alpha`` turn both the classification term (categorical focal) and the ordinal term
+    (binary focal) into focal losses, as in the APTOS write-up's stage 2
+    (``alpha=0.25, gamma=2``); with neither they are cross-entropy and BCE (stage 1).
     """
     w = (
         dict(weights)
         if isinstance(weights, Mapping)
         else dict(zip(("reg", "cls", "ord"), weights, strict=True))
     )
-    grade = target.to(outputs["reg"])
-    if regression == "smooth_l1":
-        reg = F.smooth_l1_loss(outputs["reg"], grade)
-    elif regression == "mse":
-        reg = F.mse_loss(outputs["reg"], grade)
-    else:
-        raise ValueError(f"regression must be 'smooth_l1' or 'mse', not {regression!r}")
-    cls = focal_loss(outputs["scores"], target, gamma=gamma, weight=class_weight)
-    ordl = ordinal_loss(outputs["ord"], target)
+    reg = regression_loss(outputs["reg"], target, regression)
+    cls = focal_loss(outputs["scores"], target, gamma=gamma, alpha=alpha, weight=class_weight)
+    ordl = ordinal_loss(outputs["ord"], target, gamma=gamma, alpha=alpha)
     total = w.get("reg", 0.0) * reg + w.get("cls", 0.0) * cls + w.get("ord", 0.0) * ordl
     return {"loss": total, "reg": reg.detach(), "cls": cls.detach(), "ord": ordl.detach()}
 

@@ -43,10 +43,15 @@ def _fit(config, data, tmp_path):
 def test_multitask_tiny_learns_dr_grades(tmp_path):
     data = load_generic_csv(synthesize("fundus", 320, tmp_path / "fundus", seed=11, size=192), "dr")
     base = load_config("multitask-tiny")
+    # The write-up's three stages, one of each: MAE + CE + BCE, then MSE + focal
+    # (alpha 0.25, gamma 2) on the unfrozen model, then the MSE combiner with dropout off.
     stages = (
         dataclasses.replace(base.stages[0], epochs=2),
+        dataclasses.replace(base.stages[2], epochs=1),
         dataclasses.replace(base.stages[-1], epochs=1),
     )
+    assert stages[1].loss_args == {"regression": "mse", "focal_alpha": 0.25, "focal_gamma": 2.0}
+    assert stages[2].loss == "combiner" and stages[2].dropout is False
     cfg = dataclasses.replace(base, input_size=128, working_size=144, stages=stages)
     y, pred = _fit(cfg, data, tmp_path)
     qwk = quadratic_weighted_kappa(y, pred, 5)

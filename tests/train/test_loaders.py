@@ -251,6 +251,40 @@ def test_nih_pipes_no_finding_and_official_lists(tmp_path):
     assert ls.class_counts()[NO_FINDING] == 1
 
 
+def write_nih_tree(root: Path, patients: int = 12, per_patient: int = 3) -> dict[str, list[str]]:
+    """A fake NIH ChestX-ray14 tree: Data_Entry_2017.csv, images_00N/images/*.png and the
+    official lists (patients 1..2/3 in train_val, the rest in test), plus one image in
+    neither list. Returns the image names of each list."""
+    header = "Image Index,Finding Labels,Follow-up #,Patient ID,View Position\n"
+    rows, lists = [], {"train_val": [], "test": []}
+    for p in range(1, patients + 2):
+        for k in range(per_patient):
+            name = f"{p:08d}_{k:03d}.png"
+            write_image(root / f"images_{1 + p % 2:03d}" / "images" / name, p * 100 + k)
+            finding = ("No Finding", "Effusion", "Mass|Nodule")[(p + k) % 3]
+            rows.append(f"{name},{finding},{k},{p},PA\n")
+            if p <= patients:  # the last patient's images are in neither list
+                lists["train_val" if p <= 2 * patients // 3 else "test"].append(name)
+    write_text(root / "Data_Entry_2017.csv", header + "".join(rows))
+    write_text(root / "train_val_list.txt", "\n".join(lists["train_val"]) + "\n")
+    write_text(root / "test_list.txt", "\n".join(lists["test"]) + "\n")
+    return lists
+
+
+def test_nih_official_lists_keep_test_and_leave_out_unlisted(tmp_path):
+    lists = write_nih_tree(tmp_path)
+    ls = load_nih_cxr(tmp_path, strict=True)
+    by_split = {s.path.name: s.split for s in ls.samples}
+    assert {n for n, sp in by_split.items() if sp == "test"} == set(lists["test"])
+    assert {n for n, sp in by_split.items() if sp == "trainval"} == set(lists["train_val"])
+    assert ls.excluded == {"in neither train_val_list.txt nor test_list.txt": 3}
+    # One list alone: the other split is its complement.
+    (tmp_path / "train_val_list.txt").unlink()
+    ls = load_nih_cxr(tmp_path, strict=True)
+    assert sum(s.split == "trainval" for s in ls.samples) == len(ls) - len(lists["test"])
+    assert any("no train_val_list.txt" in n for n in ls.notes)
+
+
 # ---------------------------------------------------------------- MedMNIST
 
 

@@ -23,7 +23,7 @@ from edgescreen.train.models.backbones import (  # noqa: E402
     map_lite_keys,
 )
 from edgescreen.train.models.m2cnn import grow  # noqa: E402
-from edgescreen.train.models.zoomin import crop_patches, top_peaks  # noqa: E402
+from edgescreen.train.models.zoomin import crop_patches, greedy_peaks  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -200,8 +200,8 @@ def test_top_peaks_finds_distinct_known_peaks():
     for value, (y, x) in zip((9.0, 8.0, 7.0), peaks, strict=True):
         maps[:, y, x] = value
     maps[:, 3, 4] = 8.5  # next to the top peak: inside its window, must be skipped
-    got = top_peaks(maps, 3, window=3)
-    assert got.shape == (2, 3, 2)
+    got, valid = greedy_peaks(maps, 3, window=6)  # masks |dy|, |dx| < 3 around each pick
+    assert got.shape == (2, 3, 2) and valid.all()
     assert got[0].tolist() == [list(p) for p in peaks] and torch.equal(got[0], got[1])
     for i in range(3):
         for j in range(i + 1, 3):
@@ -211,7 +211,7 @@ def test_top_peaks_finds_distinct_known_peaks():
 @pytest.mark.parametrize("seed", range(10))
 def test_top_peaks_never_overlap_on_random_maps(seed):
     maps = torch.rand(1, 12, 12, generator=torch.Generator().manual_seed(seed))
-    got = top_peaks(maps, 4, window=3)[0]
+    got = greedy_peaks(maps, 4, window=6)[0][0]
     d = (got[:, None] - got[None]).abs().amax(dim=2) + 9 * torch.eye(4, dtype=torch.long)
     assert (d >= 3).all()
 
@@ -249,6 +249,8 @@ def test_multitask_combiner_by_hand(models):
 
 
 def test_m2cnn_grow_keeps_predictions_and_adds_depth():
+    """A grown cell starts as its parent followed by one 3x3/2 max pool per added
+    Reduction Cell-B: the parent's head on the pooled parent features, exactly."""
     torch.manual_seed(0)
     cell0 = build_model("m2cnn", tiny=True)
     # Give BN non-trivial statistics, as a trained cell would have.
@@ -259,17 +261,25 @@ def test_m2cnn_grow_keeps_predictions_and_adds_depth():
     cell1 = cell0.grow().eval()  # the method a config's `before: grow` stage hook calls
     cell2 = grow(cell1).eval()
     assert cell0.depth < cell1.depth < cell2.depth
-    assert cell0.input_size < cell1.input_size < cell2.input_size == 128
-    x = tiny_input("m2cnn", n=3, seed=7)
+    assert cell0.input_size < cell1.input_size < cell2.input_size == 256
+    x = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        a, b, c = cell0(x), cell1(x), cell2(x)
-    for key in ("scores", "grade_value", "heatmap"):
-        assert (a[key] - b[key]).abs().max() < 1e-5
-        assert (a[key] - c[key]).abs().max() < 1e-5
-    # At the next cell's own, larger input the (global-pooled) prediction stays close too.
-    with torch.no_grad():
-        big = torch.nn.functional.interpolate(x, size=96, mode="bilinear", align_corners=False)
-        assert cell1(big)["scores"].shape == (3, 5)
+        fmap = cell0.features(x)  # 6x6
+        pooled = [torch.nn.functional.max_pool2d(fmap, 3, 2, 1)]
+        pooled.append(torch.nn.functional.max_pool2d(pooled[0], 3, 2, 1))
+        for grown, p in zip((cell1, cell2), pooled, strict=True):
+            out = grown(x)
+            feat = p.mean(dim=(2, 3))
+            torch.testing.assert_close(out["scores"], cell0.cls_head(feat))
+            torch.testing.assert_close(out["grade_value"], cell0.reg_head(feat).squeeze(1))
+            assert out["heatmap"].shape == (3, 5, *p.shape[-2:])
+            # The parent's channels come through the max-pool branch unchanged.
+            torch.testing.assert_close(grown.features(x)[:, -fmap.shape[1] :], p)
+    # Every parent weight was copied.
+    parent = cell0.state_dict()
+    for key, value in cell1.state_dict().items():
+        if key in parent and not key.startswith(("cls_head", "reg_head")):
+            assert torch.equal(value, parent[key]), key
     with pytest.raises(ValueError, match="last cell"):
         grow(cell2)
 
@@ -434,3 +444,43 @@ def test_family_builders_accept_local_weights(tmp_path):
         torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
     )
+
+
+def test_agcnn_backbones_and_imagenet_file(tmp_path):
+    """ResNet-50 by default (the paper's), DenseNet-121 on request; a local ImageNet file
+    initialises both branches, and a missing or mismatched file is refused plainly."""
+    from edgescreen.train.config import load_config
+
+    full = build_model("agcnn", **load_config("agcnn-full").model)
+    assert full.global_backbone.name == full.local_backbone.name == "resnet50"
+    assert full.global_head.in_features == 2048
+    assert build_model("agcnn", backbone="densenet121").local_backbone.name == "densenet121"
+
+    torch.manual_seed(2)
+    src = create_backbone("test_resnet")
+    weights = tmp_path / "imagenet.pth"
+    torch.save(src.body.state_dict(), weights)
+    model = build_model("agcnn", backbone="test_resnet", pretrained=str(weights))
+    for branch in (model.global_backbone, model.local_backbone):
+        for k, v in src.body.state_dict().items():
+            assert torch.equal(branch.body.state_dict()[k], v), k
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        build_model("agcnn", backbone="test_resnet", pretrained=str(tmp_path / "nope.pth"))
+    with pytest.raises(KeyError, match=r"does not fit the test_efficientnet backbone"):
+        build_model("agcnn", tiny=True, pretrained=str(weights))
+
+
+def test_torchvision_densenet_names_are_mapped(tmp_path):
+    torch.manual_seed(3)
+    src = create_backbone("densenet121")
+    legacy = {
+        k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v
+        for k, v in src.body.state_dict().items()
+        if not k.endswith("num_batches_tracked")  # old torchvision files have none
+    }
+    assert any(".norm.1." in k for k in legacy)
+    torch.save(legacy, tmp_path / "densenet121.pth")
+    dst = create_backbone("densenet121", pretrained=tmp_path / "densenet121.pth")
+    for k, v in src.body.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(dst.body.state_dict()[k], v), k

@@ -175,3 +175,53 @@ def test_fractions_validated(srahim):
         patient_split(srahim, fractions=(0.8, 0.3, 0.1))
     splits = patient_split(srahim, fractions=(0.8, 0.2, 0.0))
     assert not splits["test"] and len(splits["train"]) > len(splits["val"]) > 0
+
+
+# ---------------------------------------------------------------- NIH official test list
+
+
+def _nih_tree(root: Path, patients: int) -> dict[str, list[str]]:
+    """Data_Entry_2017.csv, distinct tiny images, and the official lists: the first two
+    thirds of the patients in train_val_list.txt, the rest in test_list.txt."""
+    lists: dict[str, list[str]] = {"train_val": [], "test": []}
+    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,View Position"]
+    (root / "images_001" / "images").mkdir(parents=True)
+    for p in range(1, patients + 1):
+        for k in range(3):
+            name = f"{p:08d}_{k:03d}.png"
+            (root / "images_001" / "images" / name).write_bytes(f"{p}-{k}".encode())
+            rows.append(
+                f"{name},{('No Finding', 'Effusion', 'Mass|Nodule')[(p + k) % 3]},{k},{p},PA"
+            )
+            lists["train_val" if p <= 2 * patients // 3 else "test"].append(name)
+    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(lists["train_val"]) + "\n")
+    (root / "test_list.txt").write_text("\n".join(lists["test"]) + "\n")
+    return lists
+
+
+def test_nih_official_test_list_is_the_test_split(tmp_path):
+    """train_val patients never reach test; validation is carved by patient from train_val."""
+    from edgescreen.train.config import StageConfig, TrainConfig
+    from edgescreen.train.data.loaders import load_nih_cxr
+    from edgescreen.train.loop import split_samples
+
+    lists = _nih_tree(tmp_path, patients=30)
+    ls = load_nih_cxr(tmp_path, strict=True)
+    cfg = TrainConfig(
+        name="nih",
+        family="agcnn",
+        task="cxr_findings",
+        model={"tiny": True},
+        input_size=96,
+        stages=(StageConfig(name="s", epochs=1, loss="bce"),),
+    )
+    parts = split_samples(ls, cfg)
+    names = {k: {s.path.name for s in v} for k, v in parts.items()}
+    assert names["test"] == set(lists["test"])
+    assert names["train"] | names["val"] == set(lists["train_val"])
+    assert names["val"] and names["train"]
+    _assert_patient_disjoint(parts)
+    # val's share of train_val is val / (train + val) of the configured fractions.
+    share = len(names["val"]) / len(lists["train_val"])
+    assert abs(share - 0.15 / 0.85) < 0.1

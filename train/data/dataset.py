@@ -67,8 +67,35 @@ class PreparedCache:
         os.replace(tmp, path)
 
 
+def fellow_eyes(samples: Sequence[Sample]) -> list[int | None]:
+    """Per sample, the index of the same patient's other eye, or None.
+
+    With eyes recorded (``meta["eye"]``: left/right, L/R) the fellow is the patient's first
+    image of the other eye; without them a patient with exactly two images pairs those two.
+    Anything else (one image, follow-ups of one eye, three unlabelled images) has none.
+    """
+    by_patient: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_patient.setdefault(s.patient, []).append(i)
+    out: list[int | None] = [None] * len(samples)
+    for group in by_patient.values():
+        eyes = [str(samples[i].meta.get("eye") or "")[:1].upper() for i in group]
+        if all(eyes):
+            for i, eye in zip(group, eyes, strict=True):
+                out[i] = next((j for j, e in zip(group, eyes, strict=True) if e != eye), None)
+        elif len(group) == 2 and not any(eyes):
+            out[group[0]], out[group[1]] = group[1], group[0]
+    return out
+
+
 class ScreeningDataset(Dataset):
-    """(tensor, target) pairs: target is a class index, or a float 0/1 vector for multi-label."""
+    """(tensor, target) pairs: target is a class index, or a float 0/1 vector for multi-label.
+
+    ``pair_eyes`` (Zoom-in-Net's two-eye M-Net): the tensor is (2, C, H, W), the image and
+    its fellow eye (`fellow_eyes`); where there is none, or with probability
+    ``fellow_dropout``, the image itself stands in, which is the single-eye fallback the
+    exported one-image graph computes, so that path is trained too.
+    """
 
     def __init__(
         self,
@@ -80,8 +107,12 @@ class ScreeningDataset(Dataset):
         cache_dir: str | Path | None = None,
         augmentation=None,
         seed: int = 0,
+        pair_eyes: bool = False,
+        fellow_dropout: float = 0.5,
     ) -> None:
         self.samples = list(samples)
+        self.fellows = fellow_eyes(self.samples) if pair_eyes else None
+        self.fellow_dropout = fellow_dropout
         self.cfg = cfg
         self.working_size = int(working_size or cfg.size)
         self.train = train
@@ -119,14 +150,23 @@ class ScreeningDataset(Dataset):
             self.cache.put(key, out)
         return out
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def image(self, index: int, stream: int = 0) -> torch.Tensor:
         image = self.prepared(index)
         if self.augmentation is not None:
-            # Distinct, reproducible stream per (seed, epoch, index).
-            image = augment(
-                self.augmentation, image, seed=hash((self.seed, self.epoch, index)) & 0x7FFFFFFF
-            )
-        x = torch.from_numpy(to_tensor(image, self.cfg))
+            # Distinct, reproducible stream per (seed, epoch, index[, fellow]).
+            key = (self.seed, self.epoch, index) + ((stream,) if stream else ())
+            image = augment(self.augmentation, image, seed=hash(key) & 0x7FFFFFFF)
+        return torch.from_numpy(to_tensor(image, self.cfg))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.image(index)
+        if self.fellows is not None:
+            fellow = self.fellows[index]
+            draw = np.random.default_rng([self.seed, self.epoch, index, 1]).random()
+            if fellow is None or (self.train and draw < self.fellow_dropout):
+                x = torch.stack([x, x])
+            else:
+                x = torch.stack([x, self.image(fellow, stream=1)])
         label = self.samples[index].label
         y = (
             torch.tensor(label, dtype=torch.float32)

@@ -20,6 +20,7 @@ is sniffed (see `load_dataset`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -316,7 +317,11 @@ _KERMANY_NAME = re.compile(r"^(?P<cls>[A-Z]+)-(?P<patient>\d+)-\d+$")
 
 def load_kermany_oct(root: str | Path, *, strict: bool = False) -> LabelledSet:
     """Kermany 2018 OCT: {train,val,test}/{CNV,DME,DRUSEN,NORMAL}/CLASS-<patient>-<n>.jpeg.
-    split = folder; a root holding one folder (e.g. OCT2017/) is descended into."""
+    split = folder; a root holding one folder (e.g. OCT2017/) is descended into.
+
+    Releases with only train/ and test/ (no val/ images) are accepted: their train/ images
+    get split "trainval", from which training carves validation by patient (the id in the
+    file name; loop.split_samples), leaving test/ as the test split."""
     root = Path(root)
     subdirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     if not any(d.name.lower() in ("train", "val", "test") for d in subdirs) and len(subdirs) == 1:
@@ -347,13 +352,27 @@ def load_kermany_oct(root: str | Path, *, strict: bool = False) -> LabelledSet:
                 samples.append(Sample(p, label, m["patient"], split))
     if not samples and not problems:
         raise EdgescreenError(f"{root}: no {{train,val,test}}/{{CNV,DME,DRUSEN,NORMAL}} images")
-    return _finish(LabelledSet("kermany-oct", "oct", OCT_CLASSES, samples, problems), strict)
+    ls = LabelledSet("kermany-oct", "oct", OCT_CLASSES, samples, problems)
+    splits = {s.split for s in samples}
+    if "train" in splits and "val" not in splits:
+        ls.samples = [
+            dataclasses.replace(s, split="trainval") if s.split == "train" else s for s in samples
+        ]
+        ls.notes.append(
+            "no val/ images: train/ is 'trainval', validation is carved from it by patient"
+        )
+    return _finish(ls, strict)
 
 
 def load_nih_cxr(root: str | Path, *, strict: bool = False) -> LabelledSet:
     """NIH ChestX-ray14: Data_Entry_2017*.csv ("Image Index,Finding Labels,Follow-up #,
-    Patient ID,..."), images in images*/ folders (searched recursively). When
-    train_val_list.txt / test_list.txt are present they set split "trainval" / "test"."""
+    Patient ID,..."), images in images*/ folders (searched recursively).
+
+    When train_val_list.txt / test_list.txt are present they set split "trainval" /
+    "test": training keeps the official test list as the test split and carves
+    validation by patient from trainval (loop.split_samples). With both lists, an image
+    in neither is left out (counted in `excluded`); with one list, the other split is its
+    complement."""
     root = Path(root)
     entries = sorted(root.glob("Data_Entry_2017*.csv"))
     if not entries:
@@ -363,10 +382,16 @@ def load_nih_cxr(root: str | Path, *, strict: bool = False) -> LabelledSet:
         for p in sorted(folder.rglob("*.png")):
             images.setdefault(p.name, p)
     official: dict[str, str] = {}
-    for fname, split in (("train_val_list.txt", "trainval"), ("test_list.txt", "test")):
-        if (root / fname).is_file():
-            for name in (root / fname).read_text().split():
-                official[name] = split
+    lists = {"train_val_list.txt": "trainval", "test_list.txt": "test"}
+    present = [fname for fname in lists if (root / fname).is_file()]
+    for fname in present:
+        for name in (root / fname).read_text().split():
+            official[name] = lists[fname]
+    # One list alone: its complement is the other official split.
+    unlisted = (
+        None if len(present) != 1 else {"trainval": "test", "test": "trainval"}[lists[present[0]]]
+    )
+    excluded = 0
     problems: list[RowProblem] = []
     rows = _Rows(entries[0], problems)
     samples = []
@@ -379,12 +404,21 @@ def load_nih_cxr(root: str | Path, *, strict: bool = False) -> LabelledSet:
         if name not in images:
             rows.problem(line, f"image not found: {name} under images*/")
             continue
+        split = official.get(name, unlisted)
+        if present and split is None:
+            excluded += 1
+            continue
         pid = r["Patient ID"].lstrip("0") or "0"
         meta = {"view": r.get("View Position"), "follow_up": r.get("Follow-up #")}
-        samples.append(Sample(images[name], label, pid, official.get(name), meta=meta))
+        samples.append(Sample(images[name], label, pid, split, meta=meta))
     ls = LabelledSet("nih-cxr14", "cxr", CXR_FINDINGS, samples, problems)
-    if not official:
+    if excluded:
+        ls.excluded["in neither train_val_list.txt nor test_list.txt"] = excluded
+    if not present:
         ls.notes.append("no train_val_list.txt/test_list.txt: no official split")
+    elif unlisted:
+        missing = next(f for f in lists if f not in present)
+        ls.notes.append(f"no {missing}: images not in {present[0]} are split {unlisted!r}")
     return _finish(ls, strict)
 
 

@@ -154,6 +154,27 @@ def patient_split(
     return out
 
 
+def carve_validation(
+    samples: Sequence[Sample],
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    stratify: bool = True,
+    dedupe: bool = True,
+) -> dict[str, list[Sample]]:
+    """{"train", "val"} from a set whose test split is fixed elsewhere (NIH's official
+    train_val_list.txt): patient groups go to val in the share val/(train+val) of
+    `fractions`, the rest to train; nothing goes to test."""
+    train, val = (float(f) for f in fractions[:2])
+    if train < 0 or val <= 0:
+        raise EdgescreenError(
+            f"carving validation needs positive train and val fractions: {fractions}"
+        )
+    parts = patient_split(
+        samples, (train / (train + val), val / (train + val), 0.0), seed, stratify, dedupe
+    )
+    return {"train": parts["train"], "val": parts["val"]}
+
+
 def patient_kfold(
     samples: Sequence[Sample], k: int = 5, seed: int = 0, stratify: bool = True, dedupe: bool = True
 ) -> list[tuple[list[Sample], list[Sample]]]:

@@ -11,6 +11,21 @@ stages (``set_stage``): global, then local with global frozen, then fusion alone
 The box and the crop (RoiAlign) are tensor ops, so the whole forward pass, crop included,
 exports as one graph (export/graph_crop.py); the branches stay separately callable
 (``global_forward``, ``local_forward``, ``fusion_forward``) for staged training.
+
+Branches are ResNet-50, as in the paper (``backbone="densenet121"`` is the other common
+choice). Stage I fine-tunes ImageNet weights when a local file is given
+(``pretrained=PATH``, timm/torchvision key layout; no hub is reachable); without one the
+model trains from scratch and the card's ``data_manifest.training.initial_weights`` says so.
+
+Outputs: 14, not the paper's 15. The paper's 15th dimension is "No Finding", which in NIH
+labels is exactly "none of the 14" (the loaders encode it as the all-zero vector and refuse
+it combined with a finding), so it carries no label the 14 do not. The runtime's
+``cxr_findings`` task reads every ``scores`` column as a finding with its own threshold:
+``labels`` are the 14 NIH findings, a positive column means "refer", and the headline
+metric is the mean AUROC over those 14 (the paper reports the same 14-class mean). A
+15th exported column would be a "finding" that asks for referral when the film is
+normal, and would enter the mean AUROC; "no finding" is what the runtime already reports
+when no column crosses its threshold (decision "none").
 """
 
 from __future__ import annotations
@@ -195,16 +210,20 @@ def agcnn(
     *,
     num_classes: int = 14,
     in_chans: int = 3,
-    backbone: str = "densenet121",
+    backbone: str = "resnet50",
     pretrained: Pretrained = False,
     tau: float = 0.7,
     local_size: int = 224,
     tiny: bool = False,
 ) -> AGCNN:
-    """DenseNet-121 global and local branches at 224 px (paper); ``tiny``: test_efficientnet, 64 px crops.
+    """ResNet-50 global and local branches with 224 px local crops (the paper); any timm
+    name works as ``backbone`` (e.g. ``densenet121``). ``tiny``: test_efficientnet, 64 px crops.
 
-    ``pretrained`` initialises both branches (a local timm state dict, or 'imagenet-lite'
-    with an EfficientNet-Lite backbone).
+    ``pretrained``: ImageNet weights for both branches (they start alike and are trained
+    apart, not shared) from a local state-dict file of the same architecture (timm or
+    torchvision layout: a torchvision ``resnet50``/``densenet121`` file loads as it is),
+    or 'imagenet-lite' with an EfficientNet-Lite backbone. A missing file or keys that do
+    not fit raise, naming the file and the keys.
     """
     name = "test_efficientnet" if tiny else backbone
     size = 64 if tiny else local_size

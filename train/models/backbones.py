@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -208,12 +209,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         for prefix in ("module.", "body."):
             k = k.removeprefix(prefix)
-        out[k] = v
+        # torchvision's DenseNet files keep the pre-0.4 names ("norm.1"); timm says "norm1".
+        out[_LEGACY_DENSENET.sub(r"\1\2", k)] = v
     return out
 
 
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.\w+)$")
+
+
 def load_local_weights(body: nn.Module, path: str | Path) -> None:
-    """Load a timm-layout state dict; only the classifier may be absent or differently shaped."""
+    """Load a timm-layout state dict (torchvision ResNet/DenseNet files have it too).
+
+    Only the classifier may be absent or differently shaped, and BatchNorm's step counters
+    (`num_batches_tracked`, absent from older files) may be absent; anything else missing,
+    left over or of another shape is refused, naming the keys.
+    """
     state = read_state_dict(path)
     own = body.state_dict()
     head = {f"{body.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
@@ -222,12 +232,19 @@ def load_local_weights(body: nn.Module, path: str | Path) -> None:
         for k, v in state.items()
         if not (k in head and (k not in own or v.shape != own[k].shape))
     }
-    missing = [k for k in own if k not in state and k not in head]
+    missing = [
+        k
+        for k in own
+        if k not in state and k not in head and not k.endswith(".num_batches_tracked")
+    ]
     unexpected = [k for k in state if k not in own]
     bad = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or bad:
+        arch = body.default_cfg.get("architecture") or type(body).__name__
         raise KeyError(
-            f"{path} does not fit {type(body).__name__}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, wrong shape {bad[:5]}"
+            f"{path} does not fit the {arch} backbone: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {bad[:5]} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(bad)} wrong shape); "
+            "pass ImageNet weights of the same architecture in timm/torchvision key layout"
         )
     body.load_state_dict(state, strict=False)

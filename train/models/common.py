@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -35,3 +37,31 @@ class ExportView(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(x)
         return tuple(out[k] for k in self.names)
+
+
+class FoldEnsemble(nn.Module):
+    """K models of one family; every output is the mean of the members' outputs."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"a fold ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        for m in members[1:]:
+            if type(m) is not type(first) or m.export_outputs != first.export_outputs:
+                raise ValueError("fold ensemble members must be the same family and outputs")
+        self.members = nn.ModuleList(members)
+        # What export and the card read off a model: the members' own.
+        self.task, self.family = first.task, first.family
+        self.export_outputs = dict(first.export_outputs)
+        if hasattr(first, "num_classes"):
+            self.num_classes = first.num_classes
+
+    @property
+    def folds(self) -> int:
+        return len(self.members)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = [m(x) for m in self.members]
+        keys = [k for k in outs[0] if all(k in o for o in outs[1:])]
+        return {k: torch.stack([o[k] for o in outs]).mean(dim=0) for k in keys}

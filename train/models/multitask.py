@@ -6,6 +6,11 @@ probabilities, ordinal regression (K-1 cumulative logits, P(grade > k)) is robus
 uneven spacing of grades.  Stage 2 fine-tunes with focal loss and a frozen, then unfrozen,
 backbone; stage 3 trains only a linear combiner of the three heads' grade estimates into
 ``grade_value``, which the runtime cuts with QWK-optimal thresholds.
+
+The losses per stage are the APTOS write-up's (train/configs/multitask-*.yaml): MAE + CE +
+ordinal BCE, then MSE + categorical focal + binary focal (alpha 0.25, gamma 2), then MSE
+of the combiner with dropout off.  The combiner reads the softmax's expected grade where
+the write-up reads its argmax: the same information, but differentiable and not a step.
 """
 
 from __future__ import annotations
@@ -92,11 +97,20 @@ def multitask(
     pretrained: Pretrained = False,
     dropout: float = 0.2,
     tiny: bool = False,
-) -> MultiTaskGrader:
+    folds: int = 1,
+) -> nn.Module:
     """Shipped DR config: tf_efficientnet_lite0 with pretrained='imagenet-lite'.
 
     ``tiny`` swaps in timm's 0.1M-parameter ``test_efficientnet`` for CPU tests.
+    ``folds`` > 1 builds the k-fold ensemble `edgescreen train --folds K` saves: K such
+    models whose outputs are averaged (``edgescreen.train.models.common.FoldEnsemble``).
     """
+    if folds > 1:
+        from .common import FoldEnsemble
+
+        kwargs = dict(num_classes=num_classes, in_chans=in_chans, backbone=backbone)
+        kwargs.update(pretrained=pretrained, dropout=dropout, tiny=tiny)
+        return FoldEnsemble([multitask(**kwargs) for _ in range(folds)])
     name = "test_efficientnet" if tiny else backbone
     body = create_backbone(name, pretrained=pretrained, in_chans=in_chans)
     return MultiTaskGrader(body, num_classes=num_classes, dropout=dropout)

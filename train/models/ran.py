@@ -1,4 +1,4 @@
-"""Residual Attention Network, Attention-56 style (Wang et al., CVPR 2017), for OCT.
+"""Residual Attention Network, Attention-56 and -92 (Wang et al., CVPR 2017), for OCT.
 
 Each attention module has a trunk branch T (ordinary residual units) and a soft-mask
 branch M that sees the whole module input through a bottom-up (max-pool, residual
@@ -6,7 +6,9 @@ unit) / top-down (bilinear up-sampling, added to a skip) hourglass ending in a s
 The output is H = (1 + M) * T ("attention residual learning"): M in [0, 1] can only
 amplify trunk features, never zero them out, so stacking modules does not erode the
 signal the way a plain M * T would.  Attention-56 has one module in each of three stages,
-with 3, 2, 1 down-samplings in the mask branch as the feature map shrinks.
+Attention-92 has 1, 2 and 3 (``DEPTHS``), with 3, 2, 1 down-samplings in the mask branch
+as the feature map shrinks.  The names count weighted layers: 12 per module plus 20
+(56 = 12 * 3 + 20, 92 = 12 * 6 + 20; the paper's "36m + 20" with m = 1 and 2).
 """
 
 from __future__ import annotations
@@ -151,6 +153,10 @@ class ResidualAttentionNet(nn.Module):
         return {"scores": logits, "heatmap": heatmap}
 
 
+# Attention modules per stage of the paper's ImageNet networks (its Table 2).
+DEPTHS: dict[int, tuple[int, int, int]] = {56: (1, 1, 1), 92: (1, 2, 3)}
+
+
 @register("ran")
 def ran(
     *,
@@ -159,24 +165,41 @@ def ran(
     pretrained: Pretrained = False,
     tiny: bool = False,
     dropout: float = 0.0,
+    depth: int = 56,
+    modules_per_stage: tuple[int, int, int] | list[int] | None = None,
 ) -> ResidualAttentionNet:
-    """Attention-56 (~31M params); ``tiny`` keeps the topology at 1/16 width for CPU tests.
+    """Attention-56 (~32M params with ImageNet's 1000 classes) or, ``depth=92``,
+    Attention-92 (~52M); ``modules_per_stage`` sets the three stages' module counts
+    directly.  ``tiny`` keeps the topology at 1/16 width for CPU tests.
 
     Trained from scratch (no hub weights exist for it); ``pretrained`` may be a local
     state-dict file of this same network.
     """
     if pretrained is True or pretrained == "imagenet-lite":
         raise ValueError("ran has no ImageNet weights; pass a local state-dict path or False")
+    if modules_per_stage is None:
+        if depth not in DEPTHS:
+            raise ValueError(
+                f"depth must be one of {', '.join(map(str, DEPTHS))} (or give modules_per_stage), "
+                f"not {depth!r}"
+            )
+        modules_per_stage = DEPTHS[depth]
+    modules = tuple(int(m) for m in modules_per_stage)
+    if len(modules) != 3 or min(modules) < 1:
+        raise ValueError(f"modules_per_stage must be three counts >= 1, not {modules_per_stage!r}")
     if tiny:
         model = ResidualAttentionNet(
             num_classes=num_classes,
             in_chans=in_chans,
             stem=8,
             widths=(16, 32, 64, 128),
+            modules_per_stage=modules,
             dropout=dropout,
         )
     else:
-        model = ResidualAttentionNet(num_classes=num_classes, in_chans=in_chans, dropout=dropout)
+        model = ResidualAttentionNet(
+            num_classes=num_classes, in_chans=in_chans, modules_per_stage=modules, dropout=dropout
+        )
     if pretrained:
         model.load_state_dict(read_state_dict(pretrained))
     return model
