@@ -140,6 +140,9 @@ def export_step(work: Path, checkpoint: Path, *, calib, held_out) -> Path:
         allow_drift=True,
         allow_synthetic_calibration=not calib,
         progress=True,
+        # Accuracy-aware PTQ on the run's validation split (export/ptq_search.py): the INT8
+        # forms keep the fewest, most harmful layers in float until the drift gate holds.
+        int8_search=True,
     )
     _say(report.table() if hasattr(report, "table") else str(report))
     return bundle

@@ -74,10 +74,12 @@ def run_artifact(
 
 
 def drift_row(card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs) -> dict[str, Any]:
+    from edgescreen.export.ptq_search import referral_deltas
     from edgescreen.export.verify import compare
 
     r = compare(card, ref, outputs, y, refs)
     lo, hi = r["delta_ci95"]
+    dp = referral_deltas(card, ref, outputs) if len(y) else np.zeros(1)
     return {
         "precision": name,
         "metric_name": r["metric_name"],
@@ -93,6 +95,9 @@ def drift_row(card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs) -> 
         "specificity": r["referral_specificity"],
         "ece": _ece(card, outputs, y),
         "max_abs_err": r["max_abs_err"],
+        # |Δ referral probability| per image (issue 13's floors: median <= 0.005, p95 <= 0.02)
+        "median_abs_dp": float(np.median(dp)),
+        "p95_abs_dp": float(np.percentile(dp, 95)),
         "images": len(y),
     }
 

@@ -118,7 +118,7 @@ class _Steps:
         return lambda n=1: self.bar.advance(tid, n)
 
 
-def _default_split(checkpoint: Path, part: str) -> str | None:
+def default_split(checkpoint: Path, part: str) -> str | None:
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
     return f"split:{folder / 'splits.json'}:{part}" if (folder / "splits.json").is_file() else None
 
@@ -146,8 +146,15 @@ def export_bundle(
     progress: bool = True,
     golden_count: int = GOLDEN_COUNT,
     threads: int | None = None,
+    int8_search: bool = False,
+    search_data: Any = None,
+    qat_epochs: int = 0,
 ) -> ExportReport:
-    """Export every requested precision, verify, gate and write the bundle. See module doc."""
+    """Export every requested precision, verify, gate and write the bundle. See module doc.
+
+    `int8_search`: accuracy-aware PTQ (ptq_search.py) on `search_data` (default: the run's
+    validation split), choosing per INT8 form the calibration method and the fewest float
+    layers. `qat_epochs`: fine-tune with fake quantization first (qat.py)."""
     from edgescreen.train.checkpoint import load_trained
 
     from .graph_crop import export_view
@@ -171,13 +178,26 @@ def export_bundle(
     view = export_view(trained.model, tuple(card.input.shape)).eval()
 
     evaluation = resolve(
-        eval if eval is not None else _default_split(checkpoint, "test"), what="evaluation"
+        eval if eval is not None else default_split(checkpoint, "test"), what="evaluation"
     )
     calib_set = None
     if "int8" in precisions:
         calib_set = resolve(
-            calib if calib is not None else _default_split(checkpoint, "train"), what="calibration"
+            calib if calib is not None else default_split(checkpoint, "train"), what="calibration"
         )
+    search_set = None
+    if "int8" in precisions and int8_search:
+        search_set = resolve(
+            search_data if search_data is not None else default_split(checkpoint, "val"),
+            what="search (validation)",
+        )
+        if search_set is None:
+            raise EdgescreenError(
+                "--int8-search needs validation images: give --search-data DATA (a split "
+                "neither calibration nor evaluation uses, e.g. split:RUN/splits.json:val)"
+            )
+        if evaluation is not None:  # never judged on the test split
+            C.check_disjoint(search_set.samples, evaluation.samples)
     if evaluation is None and len(precisions) > 1 and not allow_drift:
         raise EdgescreenError(
             "no evaluation data: drift of fp16/int8 cannot be measured; give --eval DATA "
@@ -203,6 +223,9 @@ def export_bundle(
                 threads=threads,
                 steps=steps,
                 timings=timings,
+                search_set=search_set,
+                qat_epochs=qat_epochs,
+                view=view,
             )
             report = _build(job, card, view)
         _swap_into_place(tmp, out)
@@ -232,6 +255,10 @@ class _Job:
     threads: int | None
     steps: _Steps
     timings: dict[str, float]
+    search_set: DataSet | None = None
+    qat_epochs: int = 0
+    view: Any = None
+    calib_chosen: list = field(default_factory=list)
 
     def path(self, key: str) -> Path:
         return self.tmp / KINDS[key].file
@@ -263,7 +290,15 @@ def _build(job: _Job, card: ModelCard, view: Any) -> ExportReport:
     calibration, cache_file, cache_hit = None, None, None
     if "int8" in job.precisions:
         calibration, cache_file, cache_hit = _calibrate(job, card)
-        card = _quantize(job, card, cache_file)
+        source = job.path("onnx-fp32")
+        if job.qat_epochs:
+            source, cache_file, calibration["qat"] = _qat(job, card, calibration)
+        plan = None
+        if job.search_set is not None:
+            plan, calibration["mixed_precision"] = _search(job, card, source, cache_file)
+        card = _quantize(job, card, cache_file, source=source, plan=plan)
+        if source != job.path("onnx-fp32"):
+            source.unlink()  # the QAT source is not an artifact
     if ev is not None:
         results.update(_drift(job, card, ev))
     gate = _drift_gate(job, card, results)
@@ -343,19 +378,30 @@ def _check_parity(
     return parity
 
 
-def _quantize(job: _Job, card: ModelCard, cache_file: Path) -> ModelCard:
-    """Both INT8 forms from the same cached ranges (quantize.py says how they differ)."""
+def _quantize(
+    job: _Job,
+    card: ModelCard,
+    cache_file: Path,
+    *,
+    source: Path | None = None,
+    plan: dict[str, tuple[str, Path, list[str]]] | None = None,
+) -> ModelCard:
+    """Both INT8 forms from the same cached ranges (quantize.py says how they differ), or
+    per form from the search's `plan` (target -> method, ranges, nodes kept float)."""
     from .quantize import quantize
 
     t = time.perf_counter()
     keys = [k.key for k in ARTIFACTS if k.format == "onnx" and k.precision == "int8"]
     for key in keys:
+        target = KINDS[key].target
+        method, ranges, keep = (plan or {}).get(target, (job.calib_method, cache_file, []))
         quantize(
-            job.path("onnx-fp32"),
+            source or job.path("onnx-fp32"),
             job.path(key),
-            target=KINDS[key].target,
-            method=job.calib_method,
-            cache_file=cache_file,
+            target=target,
+            method=method,
+            cache_file=ranges,
+            keep_float=keep,
         )
     job.timed("quantize", t)
     return _with_artifacts(job, card, *keys)
@@ -476,6 +522,9 @@ def _calibrate(job: _Job, card: ModelCard) -> tuple[dict, Path, bool]:
     chosen = C.select(calib_set.samples, size)
     if not chosen:
         raise C.CalibrationError(f"calibration set {calib_set.source} is empty")
+    if job.search_set is not None:  # never judged on the calibration images
+        C.check_disjoint(job.search_set.samples, chosen)
+    job.calib_chosen = chosen
     manifest = C.manifest(
         chosen,
         card.labels,
@@ -508,6 +557,71 @@ def _calibrate(job: _Job, card: ModelCard) -> tuple[dict, Path, bool]:
         for img in manifest["images"]:
             img["path"] = f"<generated>/{Path(img['path']).name}"
     return manifest, cache_file, hit
+
+
+def _ranges(job: _Job, card: ModelCard, source: Path, method: str) -> Path:
+    """Cached activation ranges of `source` for `method` on the governed calibration images."""
+    chosen = job.calib_chosen
+    digest = C.manifest(
+        chosen, card.labels, source="", method=method, requested=None, synthetic=False,
+        allowed_by_flag=False, eval_source=None,
+    )  # fmt: skip
+    cache_file = C.cache_dir() / f"{C.cache_key(source, digest, method)}.json"
+    if not cache_file.is_file():
+        t = time.perf_counter()
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        advance = job.steps.task(f"calibrating ({method}, {len(chosen)} images)", len(chosen))
+        C.compute_ranges(
+            source, card, method, cache_file,
+            lambda idx: prepare_samples([chosen[i] for i in idx], card), len(chosen), advance,
+        )  # fmt: skip
+        job.timings[f"calibrate_{method}"] = round(time.perf_counter() - t, 2)
+    return cache_file
+
+
+def _qat(job: _Job, card: ModelCard, calibration: dict) -> tuple[Path, Path, dict]:
+    """Fine-tune with fake quantization (qat.py); the QAT source ONNX and its ranges."""
+    from .onnx_export import export_onnx
+    from .qat import qat_finetune
+
+    t = time.perf_counter()
+    x = prepare_samples(job.calib_chosen, card)
+    skip = [k for k, o in enumerate(card.outputs) if o.role == "heatmap"]
+    tuned, record = qat_finetune(job.view, x, epochs=job.qat_epochs, skip_outputs=skip)
+    source = job.tmp / ".qat-source.onnx"
+    export_onnx(tuned, card, source, opset=OPSET)
+    cache_file = _ranges(job, card, source, job.calib_method)
+    job.timed("qat", t)
+    return source, cache_file, {**record, "calibration_method": job.calib_method}
+
+
+def _search(job: _Job, card: ModelCard, source: Path, cache_file: Path):
+    """Accuracy-aware PTQ on the validation split (ptq_search.py): per form, its plan."""
+    from . import ptq_search as P
+
+    t = time.perf_counter()
+    samples = job.search_set.samples
+    x = prepare_samples(samples, card)
+    scratch = Path(tempfile.mkdtemp(prefix=".search-", dir=job.tmp))
+    try:
+        shutil.copy(job.path("onnx-fp32"), scratch / KINDS["onnx-fp32"].file)
+        ref = run_shipped(scratch, card, "fp32", x, threads=job.threads)
+        ev = P.Evaluator(
+            card, x, labels_of(samples), [s.ref for s in samples], ref, threads=job.threads
+        )
+        caches = {m: _ranges(job, card, source, m) for m in C.METHODS}
+        results = P.search(source, card, caches, ev, threads=job.threads, workdir=scratch)
+        plan = {
+            form: (r.method, caches[r.method], [n["name"] for n in r.float_nodes])
+            for form, (r, _) in results.items()
+        }
+        for _, path in results.values():
+            shutil.rmtree(path.parent, ignore_errors=True)
+        record = P.card_record({f: r for f, (r, _) in results.items()}, job.search_set.source)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    job.timed("int8_search", t)
+    return plan, record
 
 
 def _write_golden(job: _Job, card: ModelCard, ev: _EvalSet | None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from .torch_trt import add_torch_trt_action
 
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 2, 3
+INT8_SEARCH_DEFAULT = False
 
 
 def add_export_command(sub) -> argparse.ArgumentParser:
@@ -57,6 +58,36 @@ def add_export_command(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="accept synthetic (or generated) calibration images for a real-data model (recorded)",
     )
+    p.add_argument(
+        "--int8-search",
+        action=argparse.BooleanOptionalAction,
+        default=INT8_SEARCH_DEFAULT,
+        help="accuracy-aware INT8: per form, choose the calibration method and keep the fewest "
+        "most harmful layers float until the drift limits hold on the validation split "
+        f"(default: {'on' if INT8_SEARCH_DEFAULT else 'off'})",
+    )
+    p.add_argument(
+        "--search-data",
+        default=None,
+        metavar="DATA",
+        help="validation images the search judges on (default: the run's val split)",
+    )
+    p.add_argument(
+        "--qat",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="fine-tune with INT8 fake quantization (NVIDIA ModelOpt) for EPOCHS before "
+        "exporting Q/DQ (needs nvidia-modelopt, in the export extra)",
+    )
+    p.add_argument(
+        "--diagnose",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the per-layer INT8 error report (markdown, JSON, PNG) of the new bundle "
+        "on the validation images to DIR",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_export)
@@ -80,17 +111,37 @@ def run_export(args: argparse.Namespace) -> int:
             allow_synthetic_calibration=args.allow_synthetic_calibration,
             progress=not args.json,
             threads=args.threads,
+            int8_search=args.int8_search,
+            search_data=args.search_data,
+            qat_epochs=args.qat,
         )
     except DriftGateError as exc:
         import sys
 
         print(f"edgescreen export: error: {exc}", file=sys.stderr)
         return EXIT_DRIFT
+    if args.diagnose is not None:
+        _diagnose(args, report)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
         return EXIT_OK
     _print(report)
     return EXIT_OK
+
+
+def _diagnose(args: argparse.Namespace, report) -> None:
+    from .bundle import default_split
+    from .data import prepare_samples, resolve
+    from .diagnose import diagnose_bundle
+
+    spec = args.search_data or default_split(Path(args.checkpoint), "val")
+    data = resolve(spec, what="diagnosis")
+    if data is None:
+        raise SystemExit(
+            "edgescreen export: --diagnose needs --search-data DATA (validation images)"
+        )
+    x = prepare_samples(data.samples, report.card)
+    diagnose_bundle(report.bundle, x, args.diagnose, source=data.source, threads=args.threads)
 
 
 def _print(report) -> None:

@@ -36,6 +36,13 @@ TRT_OPS = [
 
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# TensorRT form: no Q/DQ on these ops' outputs. ORT's QDQ quantizer otherwise quantizes a
+# Conv's output *before* its activation (Conv -> Q/DQ -> Clip -> Q/DQ -> next Conv): a second
+# rounding of the wide pre-activation range, symmetric, half of it thrown away by the ReLU6.
+# TensorRT fuses Conv + activation and wants the Q after the activation, which the next
+# op's input Q/DQ already provides. Measured on the demo DR model (diagnose.py): the
+# pre-activation tensors were the 20 worst local SQNRs of the TensorRT form.
+TRT_NO_OUTPUT_QDQ = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 
 
 def _downstream(
@@ -92,6 +99,85 @@ def input_convs(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in reached if n.op_type in WEIGHTED_OPS]
 
 
+def _float_inputs(model: onnx.ModelProto, src: onnx.ModelProto, names: set[str]) -> None:
+    """Make the nodes in `names` read their activations unquantized.
+
+    ORT's nodes_to_exclude only stops a node quantizing itself: a tensor that its producer
+    (the CPU form quantizes every op's output) or another consumer quantizes still reaches
+    it through Q/DQ. A node kept float must run on float inputs (TensorRT then runs it in
+    FP16), so those inputs are rewired to the tensor before its QuantizeLinear. Where the
+    CPU form folded a ReLU6/ReLU into that Q range (the tensor is then the raw conv output),
+    the activation is put back in front of the node.
+    """
+    from onnx import helper, numpy_helper
+
+    prod = {o: n for n in model.graph.node for o in n.output}
+    src_prod = {o: n for n in src.graph.node for o in n.output}
+    src_consts = {n.output[0]: n.attribute[0].t for n in src.graph.node if n.op_type == "Constant"}
+    src_consts.update({i.name: i for i in src.graph.initializer})
+    nodes = list(model.graph.node)
+    out_nodes = []
+    for node in nodes:
+        if node.name in names:
+            for k, name in enumerate(node.input):
+                dq = prod.get(name)
+                q = (
+                    prod.get(dq.input[0])
+                    if dq is not None and dq.op_type == "DequantizeLinear"
+                    else None
+                )
+                if q is None or q.op_type != "QuantizeLinear":
+                    continue
+                tensor = q.input[0]
+                fp = src_prod.get(tensor)
+                here = prod.get(tensor)
+                if (
+                    fp is not None
+                    and fp.op_type in ("Clip", "Relu")
+                    and (here is None or here.op_type != fp.op_type)
+                ):
+                    act_out = f"{tensor}_float_for_{node.name}"
+                    inputs = [tensor]
+                    for j, bound in enumerate(fp.input[1:], 1):
+                        if not bound:
+                            inputs.append("")
+                            continue
+                        bname = f"{act_out}_bound{j}"
+                        arr = numpy_helper.to_array(src_consts[bound])
+                        model.graph.initializer.append(numpy_helper.from_array(arr, bname))
+                        inputs.append(bname)
+                    out_nodes.append(
+                        helper.make_node(fp.op_type, inputs, [act_out], name=f"{act_out}_act")
+                    )
+                    tensor = act_out
+                node.input[k] = tensor
+        out_nodes.append(node)
+    # Drop the Q/DQ pairs nobody reads any more.
+    graph_outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in out_nodes for i in n.input} | graph_outputs
+        keep = [
+            n
+            for n in out_nodes
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            or any(o in used for o in n.output)
+        ]
+        if len(keep) == len(out_nodes):
+            break
+        out_nodes = keep
+    del model.graph.node[:]
+    model.graph.node.extend(out_nodes)
+    used = {i for n in out_nodes for i in n.input}
+    unused = [i for i in model.graph.initializer if i.name not in used]
+    for init in unused:
+        model.graph.initializer.remove(init)
+
+
+def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
+    """Nodes that stay float before any search: the heads, and the TensorRT form's input convs."""
+    return head_nodes(model) + (input_convs(model) if target == "tensorrt" else [])
+
+
 def quantize(
     fp32_onnx: str | Path,
     out: str | Path,
@@ -100,10 +186,13 @@ def quantize(
     method: str,
     cache_file: Path,
     nodes_to_exclude: Sequence[str] | None = None,
+    keep_float: Sequence[str] = (),
 ) -> Path:
     """Write the INT8 Q/DQ model for `target` from the ranges in `cache_file`.
 
-    Heads stay float in both forms; the TensorRT form also keeps its input convs in float.
+    Heads stay float in both forms; the TensorRT form also keeps its input convs in float
+    (`default_exclusions`). `keep_float` adds nodes to those (the accuracy-aware search's
+    choice, ptq_search.py); `nodes_to_exclude` replaces them all.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -116,9 +205,12 @@ def quantize(
         "QuantizeBias": not trt,  # TensorRT keeps biases in float and fuses them itself
         "ForceQuantizeNoInputCheck": False,
     }
+    if trt:
+        extra["OpTypesToExcludeOutputQuantization"] = TRT_NO_OUTPUT_QDQ
     src = onnx.load(str(fp32_onnx))
     if nodes_to_exclude is None:
-        nodes_to_exclude = head_nodes(src) + (input_convs(src) if trt else [])
+        nodes_to_exclude = default_exclusions(src, target)
+    nodes_to_exclude = list(dict.fromkeys([*nodes_to_exclude, *keep_float]))
     props = [(p.key, p.value) for p in src.metadata_props]
     level = logging.getLogger().level
     logging.getLogger().setLevel(
@@ -143,6 +235,8 @@ def quantize(
     finally:
         logging.getLogger().setLevel(level)
     model = onnx.load(str(out))
+    if keep_float:
+        _float_inputs(model, src, set(keep_float))
     del model.metadata_props[:]
     for key, value in (
         *props,

@@ -1,0 +1,128 @@
+"""Accuracy-aware PTQ: the search's mechanics on a tiny model, and its record in the card."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from export_helpers import export_cache, make_checkpoint, synth_set  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("export_cache")
+
+
+@pytest.fixture(scope="module")
+def dr(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    return {
+        "root": root,
+        "ckpt": make_checkpoint(root / "run", "multitask"),
+        "calib": synth_set(root / "calib", "dr_grading", 12, seed=21),
+        "val": synth_set(root / "val", "dr_grading", 10, seed=22),
+        "eval": synth_set(root / "eval", "dr_grading", 10, seed=23),
+    }
+
+
+def _float_nodes_unquantized(path, names):
+    model = onnx.load(str(path))
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    for name in names:
+        assert not any(i in dq_out for i in by_name[name].input), f"{name} still reads Q/DQ"
+
+
+def test_greedy_search_keeps_layers_float_until_the_target_holds(dr, tmp_path):
+    """An unreachable-but-for-float target drives doubling, bisection and pruning."""
+    from edgescreen.export import calibration as C
+    from edgescreen.export import ptq_search as P
+    from edgescreen.export.data import prepare_samples, resolve
+    from edgescreen.export.verify import run_shipped
+
+    bundle = tmp_path / "b"
+    from edgescreen.export import export_bundle
+
+    export_bundle(
+        dr["ckpt"], bundle, precisions=("fp32",), eval=dr["eval"], progress=False, calib_size=8
+    )
+    from edgescreen.runtime.card import load_card
+
+    card = load_card(bundle)
+    calib = resolve(dr["calib"], what="c").samples[:8]
+    val = resolve(dr["val"], what="v").samples
+    cache = tmp_path / "minmax.json"
+    C.compute_ranges(
+        bundle / "model.onnx", card, "minmax", cache,
+        lambda idx: prepare_samples([calib[i] for i in idx], card), len(calib),
+    )  # fmt: skip
+    x = prepare_samples(val, card)
+    ref = run_shipped(bundle, card, "fp32", x)
+    y = np.array([s.label for s in val])
+
+    class Oracle(P.Evaluator):
+        """Real runs, but passes only once `needed` are float: drives doubling,
+        bisection and pruning to a known answer."""
+
+        needed: set = set()
+
+        def judge(self, folder, form, method, float_nodes):
+            trial = super().judge(folder, form, method, float_nodes)
+            trial.violations = [] if self.needed <= set(float_nodes) else ["oracle"]
+            return trial
+
+    ev = Oracle(card, x, y, [s.ref for s in val], ref)
+    from edgescreen.export.quantize import quantize
+
+    quantize(bundle / "model.onnx", tmp_path / "full.onnx", target="cpu", method="minmax",
+             cache_file=cache)  # fmt: skip
+    ranked = P.rank_nodes(
+        bundle / "model.onnx", tmp_path / "full.onnx", x, input_name=card.input.name,
+        form="cpu", exclude=[],
+    )  # fmt: skip
+    Oracle.needed = {ranked[0][0], ranked[4][0]}  # the 1st and the 5th most harmful
+    result, path = P.search_form(
+        bundle / "model.onnx", card, "cpu", {"minmax": cache}, ev, max_trials=20, rank="sqnr"
+    )
+    assert result.method == "minmax" and result.trials <= 20
+    assert result.baseline["minmax"]["passed"] is False
+    names = [n["name"] for n in result.float_nodes]
+    assert result.passed and set(names) == Oracle.needed  # doubling to 8, bisect to 5, prune to 2
+    assert all(n["reason"].startswith("reads ") and n["op_type"] for n in result.float_nodes)
+    assert all("cpu_cost_ms" in n for n in result.float_nodes)
+    assert set(result.cpu_latency_ms) == {"full_int8_ms", "with_float_layers_ms"}
+    _float_nodes_unquantized(path, names)
+
+
+def test_export_records_the_search_in_the_card(dr, tmp_path):
+    from edgescreen.export import export_bundle
+
+    report = export_bundle(
+        dr["ckpt"],
+        tmp_path / "b",
+        calib=dr["calib"],
+        eval=dr["eval"],
+        search_data=dr["val"],
+        int8_search=True,
+        calib_size=8,
+        allow_drift=True,
+        allow_synthetic_calibration=True,
+        progress=False,
+    )
+    rec = report.card.calibration["mixed_precision"]
+    assert rec["judged_on"] == dr["val"]
+    assert set(rec["forms"]) == {"tensorrt", "cpu"}
+    for form, file in (("tensorrt", "model.int8.onnx"), ("cpu", "model.int8-cpu.onnx")):
+        f = rec["forms"][form]
+        assert f["method"] in ("entropy", "percentile", "minmax")
+        assert set(f["full_int8_validation"]) == {"entropy", "percentile", "minmax"}
+        _float_nodes_unquantized(tmp_path / "b" / file, [n["name"] for n in f["float_nodes"]])
+
+
+def test_search_refuses_validation_images_that_are_test_images(dr, tmp_path):
+    from edgescreen.export import export_bundle
+    from edgescreen.export.calibration import CalibrationError
+
+    with pytest.raises(CalibrationError, match="byte-identical"):
+        export_bundle(
+            dr["ckpt"], tmp_path / "b", calib=dr["calib"], eval=dr["eval"],
+            search_data=dr["eval"], int8_search=True, allow_synthetic_calibration=True,
+            progress=False,
+        )  # fmt: skip
