@@ -69,14 +69,21 @@ def compare(server: TritonServer, bundle: Path, images: list[Path], precision: s
     }
 
 
-def load_phase(url: str, model: str, payloads: list[bytes], clients: int, seconds: float) -> dict:
+def load_phase(
+    url: str,
+    model: str,
+    payloads: list[bytes],
+    clients: int,
+    seconds: float,
+    protocol: str = "http",
+) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
     def client_loop(k: int) -> None:
-        with ScreenClient(url, model=model) as client:
+        with ScreenClient(url, model=model, protocol=protocol) as client:
             i = k
             while time.perf_counter() < stop_at:
                 start = time.perf_counter()
@@ -122,6 +129,7 @@ def run(
     seconds: float,
     rounds: int,
     workers: int,
+    protocol: str = "http",
 ) -> dict[str, Any]:
     images = images_in(image_dir)
     if not images:
@@ -141,12 +149,13 @@ def run(
         )
         with TritonServer(repo.path, models=(SCREEN_MODEL, SINGLE_MODEL)) as server:
             equality = compare(server, bundle, images, precision)
+            url = server.grpc_url if protocol == "grpc" else server.http_url
             for model in (SCREEN_MODEL, SINGLE_MODEL):  # warm both before timing either
-                load_phase(server.http_url, model, payloads, clients, 2.0)
+                load_phase(url, model, payloads, clients, 2.0, protocol)
             rows = []
             for r in range(rounds):
-                batched = load_phase(server.http_url, SCREEN_MODEL, payloads, clients, seconds)
-                single = load_phase(server.http_url, SINGLE_MODEL, payloads, clients, seconds)
+                batched = load_phase(url, SCREEN_MODEL, payloads, clients, seconds, protocol)
+                single = load_phase(url, SINGLE_MODEL, payloads, clients, seconds, protocol)
                 rows.append(
                     {
                         "round": r + 1,
@@ -166,6 +175,7 @@ def run(
         "images": len(images),
         "image_dir": str(image_dir),
         "clients": clients,
+        "protocol": protocol,
         "seconds_per_phase": seconds,
         "workers": workers,
         "equality": equality,
@@ -179,7 +189,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# Triton load, {data['model']} {data['precision']}, {data['date']}",
         "",
-        f"Machine: {data['machine'].get('cpu', '?')}; {data['clients']} clients on loopback, "
+        f"Machine: {data['machine'].get('cpu', '?')}; {data['clients']} {data['protocol']} "
+        "clients on loopback, "
         f"{data['seconds_per_phase']:.0f} s per phase, {data['images']} images from "
         f"`{data['image_dir']}`.",
         "",
@@ -212,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="per model per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="decode/preprocess threads per instance")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--out", type=Path, default=None, help="write JSON + markdown here")
     args = p.parse_args(argv)
     data = run(
@@ -222,12 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds,
         rounds=args.rounds,
         workers=args.workers,
+        protocol=args.protocol,
     )
     text = markdown(data)
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"{machine_tag()}-{data['date']}-triton"
+        stem = args.out / f"{machine_tag()}-{data['date']}-triton-{args.protocol}"
         stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         stem.with_suffix(".md").write_text(text, encoding="utf-8")
         print(f"wrote {stem}.json and .md")
