@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from .report import write_named
 from .system import describe, machine_tag
 
 # family -> (synthetic kind, loader task, images, side)
@@ -117,11 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(data)
     print(text)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"{machine_tag()}-{data['date']}-families"
-        stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        stem.with_suffix(".md").write_text(text, encoding="utf-8")
-        print(f"wrote {stem}.json and .md")
+        write_named(data, text, args.out, f"{machine_tag()}-{data['date']}-families")
     return 0
 
 

@@ -21,7 +21,6 @@ share the same cores: the rates are this machine's, not a cluster's.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -39,6 +38,7 @@ from edgescreen.runtime.batch.ray_hub import (
     summarise,
 )
 
+from .report import write_named
 from .system import describe, machine_tag
 
 TOLERANCE = 1e-6
@@ -258,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(data)
     print(text)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"{machine_tag()}-{data['date']}-ray-hub"
-        stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        stem.with_suffix(".md").write_text(text, encoding="utf-8")
-        print(f"wrote {stem}.json and .md")
+        write_named(data, text, args.out, f"{machine_tag()}-{data['date']}-ray-hub")
     return 0 if data["ok"] else 1
 
 

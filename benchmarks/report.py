@@ -84,6 +84,17 @@ def results_path(out_dir: Path, machine_tag: str, when: date | None = None) -> P
     return Path(out_dir) / f"{machine_tag}-{(when or date.today()).isoformat()}.json"
 
 
+def write_named(data: dict[str, Any], text: str, out_dir: Path, stem: str) -> Path:
+    """A side benchmark's record: OUT/STEM.json (the data) and OUT/STEM.md (its table)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / stem
+    path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(f"wrote {path}.json and .md")
+    return path
+
+
 def write_results(data: dict[str, Any], out_dir: Path, machine_tag: str) -> dict[str, Path]:
     validate_results(data)
     out_dir = Path(out_dir)

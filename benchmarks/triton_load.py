@@ -39,6 +39,7 @@ from edgescreen.runtime.triton.client import ScreenClient, result_differences
 from edgescreen.runtime.triton.repository import SCREEN_MODEL, write_repository, write_screen_model
 from edgescreen.runtime.triton.server import TritonServer
 
+from .report import write_named
 from .system import describe, machine_tag
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
@@ -239,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(data)
     print(text)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"{machine_tag()}-{data['date']}-triton-{args.protocol}"
-        stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        stem.with_suffix(".md").write_text(text, encoding="utf-8")
-        print(f"wrote {stem}.json and .md")
+        write_named(data, text, args.out, f"{machine_tag()}-{data['date']}-triton-{args.protocol}")
     return 0
 
 

@@ -163,6 +163,7 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port
         self._work = Path(tempfile.mkdtemp(prefix="edgescreen-triton-"))
+        self._own_log = log_path is None  # a log in the scratch folder goes with it on stop
         self.log_path = Path(log_path) if log_path else self._work / "tritonserver.log"
         self.process: subprocess.Popen | None = None
 
@@ -275,7 +276,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        shutil.rmtree(self._work / "backends", ignore_errors=True)
+        shutil.rmtree(self._work if self._own_log else self._work / "backends", ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self
