@@ -262,9 +262,26 @@ def finish_demo(
         "floors": bench["floors"],
     }
     (work / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    for line in missed_floors(bench["floors"]):
+        _say(f"[yellow]missed[/yellow] {line}")
     _say(f"[bold]done in {summary['seconds']:.0f}s[/bold]; summary: {work / 'demo-summary.json'}")
     _say(f"[bold red]{NOT_CLINICAL}[/bold red]")
     return summary
+
+
+def missed_floors(floors: list[dict[str, Any]]) -> list[str]:
+    """One sentence per floor the run missed: which limit, by how much, and what moved it."""
+    lines = []
+    for f in floors:
+        if f["passed"]:
+            continue
+        op, required = f["required"].split()
+        by = abs(f["value"] - float(required))
+        line = f"{f['name']}: {f['value']:.4g}, limit {op} {required}, missed by {by:.3g}"
+        if f.get("note"):
+            line += f" ({f['note']})"
+        lines.append(line)
+    return lines
 
 
 def add_demo_command(sub) -> None:

@@ -20,7 +20,7 @@ from edgescreen.runtime import metrics
 from edgescreen.runtime.artifacts import form_of
 from edgescreen.runtime.backends import infer_in_batches, open_backend
 from edgescreen.runtime.card import Artifact, ModelCard, load_card
-from edgescreen.runtime.postprocess import activate
+from edgescreen.runtime.postprocess import activate, interpret_batch, thresholded_values
 from edgescreen.runtime.prepare import prepare_batch
 
 BATCH = 16
@@ -73,7 +73,43 @@ def run_artifact(
         return infer_in_batches(backend, x, BATCH)
 
 
-def drift_row(card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs) -> dict[str, Any]:
+def fp16_band(card: ModelCard, fp32, fp16) -> dict[str, float]:
+    """FP16's error band: the largest change FP16 makes to each thresholded value."""
+    a, b = thresholded_values(card, fp32), thresholded_values(card, fp16)
+    return {k: float(np.max(np.abs(a[k][0] - b[k][0]), initial=0.0)) for k in a}
+
+
+def within_band(card: ModelCard, fp32, band: dict[str, float]) -> np.ndarray:
+    """Per image: does some thresholded FP32 value lie within FP16's band of its threshold?
+
+    There FP16's own rounding can already move the result, so a flip of any reduced
+    precision on such an image says little about that precision (issue 13, item 4).
+    """
+    near = None
+    for k, (values, thresholds) in thresholded_values(card, fp32).items():
+        distance = np.abs(values[:, None] - thresholds[None, :]).min(axis=1)
+        hit = distance <= band.get(k, 0.0)
+        near = hit if near is None else near | hit
+    return near if near is not None else np.zeros(0, bool)
+
+
+def _changes(card: ModelCard, ref, outputs, near: np.ndarray | None) -> dict[str, Any]:
+    a, b = interpret_batch(card, ref), interpret_batch(card, outputs)
+    flipped = np.array([x.decision != z.decision for x, z in zip(a, b, strict=True)], bool)
+    found: dict[str, Any] = {}
+    if card.task != "cxr_findings":  # a CXR's argmax is no result; its findings are the flips
+        relabelled = np.array([x.label != z.label for x, z in zip(a, b, strict=True)], bool)
+        found["label_changes"] = int(relabelled.sum())
+    if near is not None:
+        found["flips_in_fp16_band"] = int((flipped & near).sum())
+        if "label_changes" in found:
+            found["label_changes_in_fp16_band"] = int((relabelled & near).sum())
+    return found
+
+
+def drift_row(
+    card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs, near: np.ndarray | None = None
+) -> dict[str, Any]:
     from edgescreen.export.ptq_search import referral_deltas
     from edgescreen.export.verify import compare
 
@@ -99,6 +135,7 @@ def drift_row(card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs) -> 
         "median_abs_dp": float(np.median(dp)),
         "p95_abs_dp": float(np.percentile(dp, 95)),
         "images": len(y),
+        **(_changes(card, ref, outputs, near) if len(y) else {}),
     }
 
 
@@ -117,4 +154,13 @@ def drift_rows(
     }
     if "fp32" not in runs:
         raise ValueError(f"{bundle}: no FP32 ONNX model to compare against")
-    return [drift_row(card, name, runs["fp32"], out, y, refs) for name, out in runs.items()]
+    near = None
+    if "fp16" in runs and len(y):
+        band = fp16_band(card, runs["fp32"], runs["fp16"])
+        near = within_band(card, runs["fp32"], band)
+    rows = [drift_row(card, name, runs["fp32"], out, y, refs, near) for name, out in runs.items()]
+    if near is not None:
+        for row in rows:
+            row["fp16_band"] = band
+            row["images_in_fp16_band"] = int(near.sum())
+    return rows

@@ -200,29 +200,46 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"## Drift against FP32 ({data.get('drift_data', 'evaluation set')})",
             "",
-            "| precision | metric | value | Δ vs fp32 (95% CI) | flips (rate, Wilson 95% CI) | sensitivity | specificity | ECE | max err |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| precision | metric | value | Δ vs fp32 (95% CI) | flips (rate, Wilson 95% CI) | "
+            "flips in FP16 band | label changes (in FP16 band) | median / p95 |Δ p| | "
+            "sensitivity | specificity | ECE | max err |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in data["drift"]:
             ci = f"{_fmt(r.get('delta'), 4)} ({_fmt(r.get('ci_low'), 4)}, {_fmt(r.get('ci_high'), 4)})"
+            changes = r.get("label_changes", "–")
+            if "label_changes_in_fp16_band" in r:
+                changes = f"{changes} ({r['label_changes_in_fp16_band']})"
             lines.append(
                 f"| {r['precision']} | {r['metric_name']} | {_fmt(r.get('metric'), 4)} | {ci} | "
                 f"{r.get('flips', '–')} ({_fmt(100 * r.get('flip_rate', float('nan')), 1)}%{_ci(r)}) | "
+                f"{r.get('flips_in_fp16_band', '–')} | {changes} | "
+                f"{_fmt(r.get('median_abs_dp'), 4)} / {_fmt(r.get('p95_abs_dp'), 4)} | "
                 f"{_fmt(r.get('sensitivity'), 3)} | {_fmt(r.get('specificity'), 3)} | "
                 f"{_fmt(r.get('ece'), 3)} | {_fmt(r.get('max_abs_err'), 4)} |"
             )
+        band = data["drift"][0].get("fp16_band")
+        if band:
+            widths = ", ".join(f"{k} {v:.4f}" for k, v in band.items())
+            lines += [
+                "",
+                f"FP16's band (its largest change to each thresholded value): {widths}; "
+                f"{data['drift'][0].get('images_in_fp16_band', 0)} of "
+                f"{data['drift'][0].get('images', '?')} images lie within it of a threshold, "
+                "where FP16's own rounding can already change the result.",
+            ]
     if data["floors"]:
         lines += [
             "",
             "## Floors",
             "",
-            "| floor | measured | required | passed |",
-            "|---|---|---|---|",
+            "| floor | measured | required | passed | what moved it |",
+            "|---|---|---|---|---|",
         ]
         for f in data["floors"]:
             lines.append(
                 f"| {f['name']} | {_fmt(f.get('value'), 3)} | {f.get('required', '')} | "
-                f"{'yes' if f['passed'] else '**no**'} |"
+                f"{'yes' if f['passed'] else '**no**'} | {f.get('note', '')} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -111,3 +111,39 @@ def _heatmaps(raw: np.ndarray, index: np.ndarray, num_labels: int) -> list[np.nd
     lo = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - lo
     return list((maps - lo) / np.where(span > 0, span, 1.0))
+
+
+def thresholded_values(
+    card: ModelCard, outputs: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each per-image value a decision or label of `interpret_batch` compares with thresholds.
+
+    {name: (values (N,), thresholds (K,))}. A small change of a value can move the result
+    only where the value lies near one of its thresholds; the drift benchmark uses this to
+    tell a flip that FP16's own rounding could cause from one it could not. An argmax is the
+    gap between the two largest probabilities, thresholded at 0.
+    """
+    scores_spec, value_spec = card.output("scores"), card.output("grade_value")
+    probs = activate(outputs[scores_spec.name], scores_spec.activation) if scores_spec else None
+    dec = card.decision
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def top_gap() -> np.ndarray:
+        top2 = np.sort(probs, axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0]
+
+    if card.task == "dr_grading":
+        if value_spec is not None:
+            values = np.ravel(outputs[value_spec.name]).astype(np.float64)
+            found["grade_value"] = (values, np.asarray(dec.cutpoints, np.float64))
+        elif probs is not None and probs.shape[1] > 1:
+            found["top_gap"] = (top_gap(), np.zeros(1))
+        if probs is not None and dec.referable_threshold is not None:
+            referable = probs[:, dec.refer_min_grade :].sum(axis=1)
+            found["referable_probability"] = (referable, np.array([dec.referable_threshold]))
+    elif card.task == "oct_classification":
+        found["top_gap"] = (top_gap(), np.zeros(1))
+    else:
+        for k, label in enumerate(card.labels):
+            found[f"p[{label}]"] = (probs[:, k], np.array([dec.thresholds.get(label, 0.5)]))
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from edgescreen.benchmarks.cli import evaluate_floors, run_bench
@@ -57,9 +58,20 @@ def test_results_schema_names_the_broken_field(dr_bundle, tmp_path):
 def test_floors_compare_the_right_way():
     data = {
         "ratios": {"onnxruntime-int8-cpu-form_vs_eager_fp32_b1": 4.2},
-        "pipeline": {"runtime_vs_naive": 3.0, "runtime_vs_bound": 0.9},
+        "pipeline": {
+            "runtime_vs_naive": 3.0,
+            "runtime_vs_bound": 0.5,
+            "runtime_vs_shared_bound": 0.9,
+        },
         "drift": [
-            {"precision": "int8", "metric_name": "qwk", "delta": -0.02, "flip_rate": 0.0},
+            {
+                "precision": "int8",
+                "metric_name": "qwk",
+                "delta": -0.02,
+                "flip_rate": 0.0,
+                "median_abs_dp": 0.004,
+                "p95_abs_dp": 0.03,
+            },
             {"precision": "fp16", "metric_name": "qwk", "delta": 0.001, "flip_rate": 0.0},
         ],
     }
@@ -68,7 +80,33 @@ def test_floors_compare_the_right_way():
     assert floors["runtime pipeline vs naive pipeline"] is False
     assert floors["INT8 (TensorRT form) |ΔQWK|"] is False  # |-0.02| > 0.01
     assert floors["INT8 (TensorRT form) decision flips"] is True
+    assert floors["INT8 (TensorRT form) median |Δ referral p|"] is True  # 0.004 <= 0.005
+    assert floors["INT8 (TensorRT form) p95 |Δ referral p|"] is False  # 0.03 > 0.02
     assert floors["FP16 |ΔQWK|"] is True
+    # On the CPU the pipeline is judged against the summed-work bound, not the slower stage.
+    assert floors["runtime pipeline vs its bound (summed work, shared CPU cores)"] is True
+
+
+def test_fp16_band_marks_results_near_a_threshold(dr_bundle):
+    """A flip on an image whose FP32 value sits within FP16's error of a threshold is marked."""
+    from edgescreen.benchmarks.drift import fp16_band, within_band
+    from edgescreen.runtime.card import load_card
+    from edgescreen.runtime.postprocess import thresholded_values
+
+    card = load_card(dr_bundle)
+    rng = np.random.default_rng(0)
+    n = 6
+    shapes = {"scores": (n, len(card.labels)), "grade_value": (n, 1), "heatmap": (n, 4, 4)}
+    fp32 = {s.name: rng.normal(size=shapes[s.role]).astype(np.float32) for s in card.outputs}
+    values = thresholded_values(card, fp32)
+    assert values, "a DR card thresholds at least one value"
+    fp16 = {k: v.copy() for k, v in fp32.items()}
+    band = fp16_band(card, fp32, fp16)
+    assert all(w == 0.0 for w in band.values())  # identical outputs: no band
+    # Widen every band to 10: every image is then within it of some threshold.
+    near = within_band(card, fp32, {k: 10.0 for k in values})
+    assert near.shape == (n,) and near.all()
+    assert not within_band(card, fp32, {k: -1.0 for k in values}).any()
 
 
 def test_camera_resolution_beside_the_copies(dr_bundle):
@@ -104,3 +142,28 @@ def test_camera_resolution_beside_the_copies(dr_bundle):
         }
     )
     assert "Camera-resolution uploads (3 originals" in page
+
+
+def test_the_demo_says_which_floor_it_missed_and_by_how_much():
+    from edgescreen.benchmarks.demo import missed_floors
+
+    floors = evaluate_floors(
+        {
+            "ratios": {},
+            "drift": [
+                {
+                    "precision": "fp16",
+                    "metric_name": "qwk",
+                    "delta": 0.008,
+                    "flip_rate": 0.0,
+                    "flips": 0,
+                    "images": 118,
+                    "label_changes": 1,
+                    "label_changes_in_fp16_band": 1,
+                },
+            ],
+        }
+    )
+    (line,) = missed_floors(floors)
+    assert line.startswith("FP16 |ΔQWK|: 0.008, limit <= 0.002, missed by 0.006")
+    assert "1 of 118 grades changed, 1 of them within FP16's band" in line
