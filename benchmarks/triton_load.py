@@ -14,7 +14,12 @@ and threads. In one run:
 2. load: `clients` threads, each with its own HTTP connection, send one image per request
    for `seconds` per round to each model in turn, `rounds` times, so the two are measured
    side by side on the same noisy machine. Throughput, p50/p95/p99 latency and errors per
-   round; the batching gain is the ratio of the two throughputs within each round.
+   round; the batching gain is the ratio of the two throughputs within each round;
+3. where the time goes: in the same round, while the server idles, the same Screener in
+   this process at one image per call and at `clients` per call: median ms per stage, the
+   network's share of the work, the gain batching the network alone could give (Amdahl),
+   and the gain the Screener gets in process (its worker threads decode a batch in
+   parallel, which one image per call cannot use).
 
 On a CPU-only machine the clients, the server's decode/quality gate and the network share
 the same cores: the figures are this machine's, not a GPU server's.
@@ -121,6 +126,53 @@ def load_phase(
     }
 
 
+STAGES = ("decode", "quality", "preprocess", "infer", "postprocess")
+
+
+def in_process_phase(
+    bundle: Path, payloads: list[bytes], precision: str, workers: int, batch: int, seconds: float
+) -> dict[str, Any]:
+    """The same Screener in this process, `batch` images per call: what batching can gain at
+    best here, without the server, the clients or the protocol. Median ms per image by stage."""
+    with Screener(bundle, precision=precision, backend="onnxruntime", workers=workers) as s:
+        list(s.screen_many(payloads[:batch], batch_size=batch))  # warm
+        stop_at = time.perf_counter() + seconds
+        began, done, i = time.perf_counter(), 0, 0
+        timings: dict[str, list[float]] = {k: [] for k in STAGES}
+        while time.perf_counter() < stop_at:
+            chunk = [payloads[(i + j) % len(payloads)] for j in range(batch)]
+            for result in s.screen_many(chunk, batch_size=batch):
+                for k in STAGES:
+                    if k in result.timings_ms:
+                        timings[k].append(result.timings_ms[k])
+            done, i = done + batch, i + batch
+        wall = time.perf_counter() - began
+    return {
+        "batch": batch,
+        "images": done,
+        "images_per_s": done / wall,
+        "stage_ms": {k: float(np.median(v)) for k, v in timings.items() if v},
+    }
+
+
+def batching_bound(one: dict[str, Any], many: dict[str, Any]) -> dict[str, float]:
+    """What a batch can gain from the network alone (Amdahl), beside what it gained in process.
+
+    `amdahl_bound`: the per-image work at batch 1 over the same with the network's per-image
+    time at the larger batch; decoding, the quality gate and preprocessing stay per image.
+    The Screener also spreads a batch's decoding over its worker threads, which one image per
+    call cannot use: `in_process_gain` (measured) holds both effects.
+    """
+    a, b = one["stage_ms"], many["stage_ms"]
+    total = sum(a.values())
+    batched = total - a.get("infer", 0.0) + b.get("infer", 0.0)
+    return {
+        "network_share_batch1": a.get("infer", 0.0) / total if total else 0.0,
+        "amdahl_bound": total / batched if batched else float("nan"),
+        "in_process_gain": many["images_per_s"] / one["images_per_s"],
+    }
+
+
 def run(
     bundle: Path,
     image_dir: Path,
@@ -157,12 +209,18 @@ def run(
             for r in range(rounds):
                 batched = load_phase(url, SCREEN_MODEL, payloads, clients, seconds, protocol)
                 single = load_phase(url, SINGLE_MODEL, payloads, clients, seconds, protocol)
+                # The server idles meanwhile: the Screener alone, at batch 1 and at the
+                # batch the 8 clients can fill, on the same cores in the same round.
+                one = in_process_phase(bundle, payloads, precision, workers, 1, seconds / 3)
+                many = in_process_phase(bundle, payloads, precision, workers, clients, seconds / 3)
                 rows.append(
                     {
                         "round": r + 1,
                         "dynamic_batching": batched,
                         "one_at_a_time": single,
                         "gain": batched["images_per_s"] / single["images_per_s"],
+                        "in_process": {"batch_1": one, f"batch_{clients}": many},
+                        **batching_bound(one, many),
                     }
                 )
     gains = [row["gain"] for row in rows]
@@ -210,6 +268,29 @@ def markdown(data: dict[str, Any]) -> str:
             )
     lo, hi = data["gain_range"]
     lines += ["", f"Dynamic batching gain (same round): {lo:.2f}x to {hi:.2f}x.", ""]
+    if all("in_process" in row for row in data["rounds"]):
+        lines += [
+            "Where the time goes: the same Screener in one process (no server, no clients), "
+            f"one image per call against {data['clients']} per call, median ms per image:",
+            "",
+            "| round | batch | images/s | "
+            + " | ".join(f"{k} ms" for k in STAGES)
+            + " | network share | network-only bound | in-process gain |",
+            "|---|---|---|" + "---|" * len(STAGES) + "---|---|---|",
+        ]
+        for row in data["rounds"]:
+            for p in row["in_process"].values():
+                ms = " | ".join(f"{p['stage_ms'].get(k, float('nan')):.2f}" for k in STAGES)
+                extra = (
+                    f"{100 * row['network_share_batch1']:.0f}% | {row['amdahl_bound']:.2f}x | "
+                    f"{row['in_process_gain']:.2f}x"
+                    if p["batch"] == 1
+                    else " | |"
+                )
+                lines.append(
+                    f"| {row['round']} | {p['batch']} | {p['images_per_s']:.1f} | {ms} | {extra} |"
+                )
+        lines.append("")
     return "\n".join(lines)
 
 

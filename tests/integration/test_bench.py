@@ -167,3 +167,15 @@ def test_the_demo_says_which_floor_it_missed_and_by_how_much():
     (line,) = missed_floors(floors)
     assert line.startswith("FP16 |ΔQWK|: 0.008, limit <= 0.002, missed by 0.006")
     assert "1 of 118 grades changed, 1 of them within FP16's band" in line
+
+
+def test_batching_bound_is_amdahls_over_the_network_share():
+    from edgescreen.benchmarks.triton_load import batching_bound
+
+    one = {"images_per_s": 50.0, "stage_ms": {"decode": 2.0, "quality": 4.0, "infer": 4.0}}
+    many = {"images_per_s": 60.0, "stage_ms": {"decode": 2.5, "quality": 4.5, "infer": 2.0}}
+    got = batching_bound(one, many)
+    assert got["network_share_batch1"] == pytest.approx(0.4)
+    # Only the network gets cheaper: 10 ms of work per image becomes 8 ms at best.
+    assert got["amdahl_bound"] == pytest.approx(10.0 / 8.0)
+    assert got["in_process_gain"] == pytest.approx(1.2)
