@@ -114,6 +114,11 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell: a literal | (as in |ΔQWK|) would start a new column."""
+    return text.replace("|", "\\|")
+
+
 def _ci(row: dict[str, Any]) -> str:
     """`, 95% CI a-b%` of a flip rate, when the row has its Wilson interval."""
     ci = row.get("flip_rate_ci95")
@@ -201,7 +206,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"## Drift against FP32 ({data.get('drift_data', 'evaluation set')})",
             "",
             "| precision | metric | value | Δ vs fp32 (95% CI) | flips (rate, Wilson 95% CI) | "
-            "flips in FP16 band | label changes (in FP16 band) | median / p95 |Δ p| | "
+            "flips in FP16 band | label changes (in FP16 band) | median / p95 \\|Δ p\\| | "
             "sensitivity | specificity | ECE | max err |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -238,7 +243,7 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         for f in data["floors"]:
             lines.append(
-                f"| {f['name']} | {_fmt(f.get('value'), 3)} | {f.get('required', '')} | "
+                f"| {_cell(f['name'])} | {_fmt(f.get('value'), 3)} | {f.get('required', '')} | "
                 f"{'yes' if f['passed'] else '**no**'} | {f.get('note', '')} |"
             )
     return "\n".join(lines) + "\n"
