@@ -316,7 +316,12 @@ def add_demo_command(sub) -> None:
         "--real", type=Path, default=SHARED_FUNDUS, help="the real fundus set (labels.csv layout)"
     )
     p.add_argument("--synthetic", type=int, default=600, help="number of synthetic training photos")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="synthetic photos and patient split")
+    p.add_argument(
+        "--config",
+        default="multitask-tiny",
+        help="training config: a shipped name or a YAML path (default multitask-tiny)",
+    )
     p.add_argument(
         "--results",
         type=Path,
@@ -330,6 +335,7 @@ def add_demo_command(sub) -> None:
                 real_dir=a.real,
                 n_synth=a.synthetic,
                 seed=a.seed,
+                config=a.config,
                 results_dir=a.results or a.work / "results",
             ),
             0,
