@@ -61,8 +61,11 @@ def prepare_data(work: Path, *, real_dir: Path | None, n_synth: int, seed: int):
     held_out, calib, search, labels = [], [], [], synth.labels
     if real_dir is not None and (real_dir / "labels.csv").exists():
         real = load_srahim_fundus(real_dir)
-        # Patient-level: both eyes of a patient stay on one side of every line.
-        real_parts = patient_split(real.samples, (0.55, 0.15, 0.30), seed=seed)
+        # Patient-level: both eyes of a patient stay on one side of every line. 27% validates
+        # (108 photos), so the INT8 search's 1% flip gate allows one flip
+        # rather than none: on 60 photos any near-threshold image flipped under almost any
+        # quantization, and the search kept 41-46 of the layers float.
+        real_parts = patient_split(real.samples, (0.43, 0.27, 0.30), seed=seed)
         train += _with_split(real_parts["train"], "train") + _with_split(real_parts["val"], "val")
         calib = real_parts["train"]
         # The run's validation split is mostly synthetic photos, which the model grades with
