@@ -351,16 +351,22 @@ def _costs(fp32_onnx, cache, method, final: Trial, float_nodes, card: ModelCard,
 
         full = lat([])
         mixed = lat(final.float_nodes)
+        # FP32 beside them: with many layers float the CPU form can end up no faster than
+        # FP32, and then it is not worth shipping for the CPU.
+        fp32 = cpu_latency_ms(Path(fp32_onnx), x1, threads=threads)
+        latency = {
+            "fp32_ms": round(fp32, 3),
+            "full_int8_ms": round(full, 3),
+            "with_float_layers_ms": round(mixed, 3),
+            "faster_than_fp32": bool(mixed < fp32),
+        }
         out = []
         if len(float_nodes) > MAX_COSTED:  # per-node costs would take one build each
-            return {"full_int8_ms": round(full, 3), "with_float_layers_ms": round(mixed, 3)}, [
-                {**e, "cpu_cost_ms": None} for e in float_nodes
-            ]
+            return latency, [{**e, "cpu_cost_ms": None} for e in float_nodes]
         for entry in float_nodes:
             others = [n for n in final.float_nodes if n != entry["name"]]
             entry = {**entry, "cpu_cost_ms": round(mixed - lat(others), 3)}
             out.append(entry)
-    latency = {"full_int8_ms": round(full, 3), "with_float_layers_ms": round(mixed, 3)}
     return latency, out
 
 

@@ -87,7 +87,14 @@ def test_greedy_search_keeps_layers_float_until_the_target_holds(dr, tmp_path):
     assert result.passed and set(names) == Oracle.needed  # doubling to 8, bisect to 5, prune to 2
     assert all(n["reason"].startswith("reads ") and n["op_type"] for n in result.float_nodes)
     assert all("cpu_cost_ms" in n for n in result.float_nodes)
-    assert set(result.cpu_latency_ms) == {"full_int8_ms", "with_float_layers_ms"}
+    assert set(result.cpu_latency_ms) == {
+        "fp32_ms",
+        "full_int8_ms",
+        "with_float_layers_ms",
+        "faster_than_fp32",
+    }
+    lat = result.cpu_latency_ms
+    assert lat["faster_than_fp32"] == (lat["with_float_layers_ms"] < lat["fp32_ms"])
     _float_nodes_unquantized(path, names)
 
 
