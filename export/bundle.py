@@ -53,7 +53,25 @@ class ExportReport:
         lines = [" | ".join(head)]
         for r in self.rows:
             lines.append(" | ".join(row_cells(r)))
+        lines += self.search_notes()
         return "\n".join(lines)
+
+    def search_notes(self) -> list[str]:
+        """What the INT8 search kept float per form, and a CPU form it left no faster than FP32."""
+        forms = (self.card.calibration or {}).get("mixed_precision", {}).get("forms", {})
+        notes = []
+        for form, r in forms.items():
+            lat = r.get("cpu_latency_ms") or {}
+            line = f"INT8 search, {form} form: {len(r.get('float_nodes', []))} layers kept float"
+            if "fp32_ms" in lat:
+                line += (
+                    f"; CPU form {lat['with_float_layers_ms']:.2f} ms at batch 1 against FP32 "
+                    f"{lat['fp32_ms']:.2f} ms and full INT8 {lat['full_int8_ms']:.2f} ms"
+                )
+                if form == "cpu" and not lat.get("faster_than_fp32", True):
+                    line += ": no faster than FP32 on this CPU, so screen with --precision fp32"
+            notes.append(line)
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -133,3 +135,26 @@ def test_search_refuses_validation_images_that_are_test_images(dr, tmp_path):
             search_data=dr["eval"], int8_search=True, allow_synthetic_calibration=True,
             progress=False,
         )  # fmt: skip
+
+
+def test_the_export_report_says_when_the_searched_cpu_form_is_no_faster_than_fp32():
+    from types import SimpleNamespace
+
+    from edgescreen.export.bundle import ExportReport
+
+    def form(mixed: float, faster: bool) -> dict:
+        lat = {"fp32_ms": 3.8, "full_int8_ms": 1.5, "with_float_layers_ms": mixed}
+        return {
+            "float_nodes": [{"name": "a"}] * 17,
+            "cpu_latency_ms": {**lat, "faster_than_fp32": faster},
+        }
+
+    card = SimpleNamespace(
+        calibration={
+            "mixed_precision": {"forms": {"cpu": form(4.5, False), "tensorrt": form(3.6, True)}}
+        }
+    )
+    notes = ExportReport(Path("b"), card, [], {}).search_notes()
+    assert notes[0].startswith("INT8 search, cpu form: 17 layers kept float; CPU form 4.50 ms")
+    assert notes[0].endswith("no faster than FP32 on this CPU, so screen with --precision fp32")
+    assert "no faster" not in notes[1]  # the TensorRT form runs on TensorRT, not on this CPU
