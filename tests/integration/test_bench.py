@@ -179,3 +179,19 @@ def test_batching_bound_is_amdahls_over_the_network_share():
     # Only the network gets cheaper: 10 ms of work per image becomes 8 ms at best.
     assert got["amdahl_bound"] == pytest.approx(10.0 / 8.0)
     assert got["in_process_gain"] == pytest.approx(1.2)
+
+
+def test_seeds_judge_each_floor_on_the_median():
+    from edgescreen.benchmarks.seeds import combine
+
+    def run(flips: float) -> dict:
+        passed = flips <= 0.01
+        floor = {"value": flips, "required": "<= 0.01", "passed": passed}
+        return {"floors": {"flips": floor}}
+
+    # One seed misses badly; the median of three still passes, and the range shows the miss.
+    (f,) = combine([run(0.0), run(0.034), run(0.008)])["floors"]
+    assert f["median"] == 0.008 and f["median_passed"] is True
+    assert f["range"] == [0.0, 0.034] and f["seeds_passed"] == 2
+    (f,) = combine([run(0.02), run(0.034), run(0.008)])["floors"]
+    assert f["median"] == 0.02 and f["median_passed"] is False
