@@ -85,16 +85,16 @@ def within_band(card: ModelCard, fp32, band: dict[str, float]) -> np.ndarray:
     There FP16's own rounding can already move the result, so a flip of any reduced
     precision on such an image says little about that precision (issue 13, item 4).
     """
-    near = None
+    n = len(next(iter(fp32.values())))
+    near = np.zeros(n, bool)
     for k, (values, thresholds) in thresholded_values(card, fp32).items():
         distance = np.abs(values[:, None] - thresholds[None, :]).min(axis=1)
-        hit = distance <= band.get(k, 0.0)
-        near = hit if near is None else near | hit
-    return near if near is not None else np.zeros(0, bool)
+        near |= distance <= band.get(k, 0.0)
+    return near
 
 
-def _changes(card: ModelCard, ref, outputs, near: np.ndarray | None) -> dict[str, Any]:
-    a, b = interpret_batch(card, ref), interpret_batch(card, outputs)
+def _changes(card: ModelCard, a, b, near: np.ndarray | None) -> dict[str, Any]:
+    """Decision flips and label changes between two lists of Interpretations."""
     flipped = np.array([x.decision != z.decision for x, z in zip(a, b, strict=True)], bool)
     found: dict[str, Any] = {}
     if card.task != "cxr_findings":  # a CXR's argmax is no result; its findings are the flips
@@ -108,14 +108,27 @@ def _changes(card: ModelCard, ref, outputs, near: np.ndarray | None) -> dict[str
 
 
 def drift_row(
-    card: ModelCard, name: str, ref, outputs, y: np.ndarray, refs, near: np.ndarray | None = None
+    card: ModelCard,
+    name: str,
+    ref,
+    outputs,
+    y: np.ndarray,
+    refs,
+    near: np.ndarray | None = None,
+    ref_found: list | None = None,
 ) -> dict[str, Any]:
-    from edgescreen.export.ptq_search import referral_deltas
+    """One precision against FP32; `ref_found`: FP32's interpretations, when already made."""
+    from edgescreen.export.ptq_search import deltas_between
     from edgescreen.export.verify import compare
 
     r = compare(card, ref, outputs, y, refs)
     lo, hi = r["delta_ci95"]
-    dp = referral_deltas(card, ref, outputs) if len(y) else np.zeros(1)
+    changes: dict[str, Any] = {}
+    dp = np.zeros(1)
+    if len(y):
+        a = ref_found if ref_found is not None else interpret_batch(card, ref)
+        b = interpret_batch(card, outputs)
+        dp, changes = deltas_between(a, b), _changes(card, a, b, near)
     return {
         "precision": name,
         "metric_name": r["metric_name"],
@@ -135,7 +148,7 @@ def drift_row(
         "median_abs_dp": float(np.median(dp)),
         "p95_abs_dp": float(np.percentile(dp, 95)),
         "images": len(y),
-        **(_changes(card, ref, outputs, near) if len(y) else {}),
+        **changes,
     }
 
 
@@ -158,7 +171,11 @@ def drift_rows(
     if "fp16" in runs and len(y):
         band = fp16_band(card, runs["fp32"], runs["fp16"])
         near = within_band(card, runs["fp32"], band)
-    rows = [drift_row(card, name, runs["fp32"], out, y, refs, near) for name, out in runs.items()]
+    ref_found = interpret_batch(card, runs["fp32"]) if len(y) else None
+    rows = [
+        drift_row(card, name, runs["fp32"], out, y, refs, near, ref_found)
+        for name, out in runs.items()
+    ]
     if near is not None:
         for row in rows:
             row["fp16_band"] = band

@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .report import write_named
+from .report import fmt, write_named
 from .system import describe, machine_tag
 
 if TYPE_CHECKING:  # export pulls in torch and onnx: imported only when --drift runs
@@ -172,19 +172,12 @@ def markdown(data: dict[str, Any]) -> str:
     )
 
 
-def _num(value: Any, digits: int) -> str:
-    """A number, or a dash where the row has none (FP16's band without FP16, say)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def _flips(r: dict[str, Any]) -> str:
     """`k/n (Wilson 95% CI a-b%)`: on a few dozen test images the interval is the finding."""
     text = f"{r['flips']}/{r['images']}"
     ci = r.get("flip_rate_ci95")
     if ci:
-        text += f" ({_num(100 * ci[0], 1)}-{_num(100 * ci[1], 1)}%)"
+        text += f" ({fmt(100 * ci[0], 1)}-{fmt(100 * ci[1], 1)}%)"
     return text
 
 
@@ -199,12 +192,12 @@ def drift_row_cells(r: dict[str, Any]) -> list[str]:
     return [
         r["precision"],
         r["metric_name"],
-        _num(r.get("metric"), 4),
+        fmt(r.get("metric"), 4),
         delta,
         _flips(r),
-        _num(r.get("flips_in_fp16_band"), 0),
-        _num(r.get("label_changes"), 0),  # none for CXR: its argmax is no result
-        f"{_num(r.get('median_abs_dp'), 4)} / {_num(r.get('p95_abs_dp'), 4)}",
+        fmt(r.get("flips_in_fp16_band"), 0),
+        fmt(r.get("label_changes"), 0),  # none for CXR: its argmax is no result
+        f"{fmt(r.get('median_abs_dp'), 4)} / {fmt(r.get('p95_abs_dp'), 4)}",
         str(r["images"]),
     ]
 

@@ -108,13 +108,13 @@ def write_results(data: dict[str, Any], out_dir: Path, machine_tag: str) -> dict
     return written
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _cell(text: str) -> str:
+def md_cell(text: str) -> str:
     """A markdown table cell: a literal | (as in |ΔQWK|) would start a new column."""
     return text.replace("|", "\\|")
 
@@ -122,7 +122,7 @@ def _cell(text: str) -> str:
 def _ci(row: dict[str, Any]) -> str:
     """`, 95% CI a-b%` of a flip rate, when the row has its Wilson interval."""
     ci = row.get("flip_rate_ci95")
-    return f", 95% CI {_fmt(100 * ci[0], 1)}-{_fmt(100 * ci[1], 1)}%" if ci else ""
+    return f", 95% CI {fmt(100 * ci[0], 1)}-{fmt(100 * ci[1], 1)}%" if ci else ""
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -147,9 +147,9 @@ def markdown(data: dict[str, Any]) -> str:
             continue
         ratio = data["ratios"].get(f"{r['config']}_vs_eager_fp32_b{r['batch']}")
         lines.append(
-            f"| {r['config']} | {r['batch']} | {_fmt(r['median_ms'])} | {_fmt(r['p95_ms'])} | "
-            f"{_fmt(r['p99_ms'])} | {_fmt(r['throughput_ips'], 1)} | {_fmt(r['cold_start_ms'], 0)} | "
-            f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(ratio) + '×' if ratio else '–'} |"
+            f"| {r['config']} | {r['batch']} | {fmt(r['median_ms'])} | {fmt(r['p95_ms'])} | "
+            f"{fmt(r['p99_ms'])} | {fmt(r['throughput_ips'], 1)} | {fmt(r['cold_start_ms'], 0)} | "
+            f"{fmt(r['peak_rss_mb'], 0)} | {fmt(ratio) + '×' if ratio else '–'} |"
         )
     p = data.get("pipeline")
     if p:
@@ -163,7 +163,7 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         for key in ("runtime", "naive", "decode_only", "infer_only"):
             if key in p:
-                lines.append(f"| {key.replace('_', '-')} | {_fmt(p[key]['images_per_s'], 1)} |")
+                lines.append(f"| {key.replace('_', '-')} | {fmt(p[key]['images_per_s'], 1)} |")
         lines.append("")
         if "runtime_vs_naive" in p:
             lines.append(f"Runtime vs naive: **{p['runtime_vs_naive']:.2f}×**. ")
@@ -189,10 +189,10 @@ def markdown(data: dict[str, Any]) -> str:
         for key in ("originals", "copies_768"):
             r, ms = cam[key], cam[key]["ms_per_image"]
             lines.append(
-                f"| {key.replace('_', ' ')} | {_fmt(r['images_per_s'], 1)} | {_fmt(ms['decode'], 1)} | "
-                f"{_fmt(ms['quality'], 1)} | {_fmt(ms['preprocess'], 1)} | {_fmt(ms['infer'], 1)} | "
-                f"{_fmt(r['bounds']['shared_cores'], 1)} ({r['vs_shared_cores_bound']:.2f}×) | "
-                f"{_fmt(r['bounds']['separate_devices'], 1)} ({r['vs_separate_devices_bound']:.2f}×) |"
+                f"| {key.replace('_', ' ')} | {fmt(r['images_per_s'], 1)} | {fmt(ms['decode'], 1)} | "
+                f"{fmt(ms['quality'], 1)} | {fmt(ms['preprocess'], 1)} | {fmt(ms['infer'], 1)} | "
+                f"{fmt(r['bounds']['shared_cores'], 1)} ({r['vs_shared_cores_bound']:.2f}×) | "
+                f"{fmt(r['bounds']['separate_devices'], 1)} ({r['vs_separate_devices_bound']:.2f}×) |"
             )
         agree = cam["agreement"]
         lines += [
@@ -211,17 +211,17 @@ def markdown(data: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in data["drift"]:
-            ci = f"{_fmt(r.get('delta'), 4)} ({_fmt(r.get('ci_low'), 4)}, {_fmt(r.get('ci_high'), 4)})"
+            ci = f"{fmt(r.get('delta'), 4)} ({fmt(r.get('ci_low'), 4)}, {fmt(r.get('ci_high'), 4)})"
             changes = r.get("label_changes", "–")
             if "label_changes_in_fp16_band" in r:
                 changes = f"{changes} ({r['label_changes_in_fp16_band']})"
             lines.append(
-                f"| {r['precision']} | {r['metric_name']} | {_fmt(r.get('metric'), 4)} | {ci} | "
-                f"{r.get('flips', '–')} ({_fmt(100 * r.get('flip_rate', float('nan')), 1)}%{_ci(r)}) | "
+                f"| {r['precision']} | {r['metric_name']} | {fmt(r.get('metric'), 4)} | {ci} | "
+                f"{r.get('flips', '–')} ({fmt(100 * r.get('flip_rate', float('nan')), 1)}%{_ci(r)}) | "
                 f"{r.get('flips_in_fp16_band', '–')} | {changes} | "
-                f"{_fmt(r.get('median_abs_dp'), 4)} / {_fmt(r.get('p95_abs_dp'), 4)} | "
-                f"{_fmt(r.get('sensitivity'), 3)} | {_fmt(r.get('specificity'), 3)} | "
-                f"{_fmt(r.get('ece'), 3)} | {_fmt(r.get('max_abs_err'), 4)} |"
+                f"{fmt(r.get('median_abs_dp'), 4)} / {fmt(r.get('p95_abs_dp'), 4)} | "
+                f"{fmt(r.get('sensitivity'), 3)} | {fmt(r.get('specificity'), 3)} | "
+                f"{fmt(r.get('ece'), 3)} | {fmt(r.get('max_abs_err'), 4)} |"
             )
         band = data["drift"][0].get("fp16_band")
         if band:
@@ -243,7 +243,7 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         for f in data["floors"]:
             lines.append(
-                f"| {_cell(f['name'])} | {_fmt(f.get('value'), 3)} | {f.get('required', '')} | "
+                f"| {md_cell(f['name'])} | {fmt(f.get('value'), 3)} | {f.get('required', '')} | "
                 f"{'yes' if f['passed'] else '**no**'} | {f.get('note', '')} |"
             )
     return "\n".join(lines) + "\n"

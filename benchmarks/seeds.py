@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .report import write_named
+from .report import md_cell, write_named
 
 DRIFT_KEYS = ("metric", "delta", "flips", "flips_in_fp16_band", "label_changes", "median_abs_dp",
               "p95_abs_dp", "images")  # fmt: skip
@@ -78,10 +78,6 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"runs": runs, "floors": floors}
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
 def markdown(data: dict[str, Any]) -> str:
     runs = data["runs"]
     qwk = [r["held_out_qwk_fp32"] for r in runs]
@@ -97,7 +93,7 @@ def markdown(data: dict[str, Any]) -> str:
     for f in data["floors"]:
         per = ", ".join(f"{v:.4g}" for v in f["values"])
         lines.append(
-            f"| {_cell(f['name'])} | {per} | {f['median']:.4g} | {f['range'][0]:.4g}-"
+            f"| {md_cell(f['name'])} | {per} | {f['median']:.4g} | {f['range'][0]:.4g}-"
             f"{f['range'][1]:.4g} | {f['required']} | {'yes' if f['median_passed'] else '**no**'} "
             f"| {f['seeds_passed']}/{len(f['values'])} |"
         )

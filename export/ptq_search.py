@@ -96,7 +96,11 @@ class SearchResult:
 def referral_deltas(card: ModelCard, ref: dict, got: dict) -> np.ndarray:
     """|Δ referral probability| per image (the grade classes >= refer_min_grade; for other
     tasks the largest change of any class/finding probability)."""
-    a, b = interpret_batch(card, ref), interpret_batch(card, got)
+    return deltas_between(interpret_batch(card, ref), interpret_batch(card, got))
+
+
+def deltas_between(a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
+    """referral_deltas of two lists of Interpretations already made."""
     if a and a[0].referable_probability is not None:
         return np.array(
             [
