@@ -310,7 +310,7 @@ def _build(job: _Job, card: ModelCard, view: Any) -> ExportReport:
         calibration, cache_file, cache_hit = _calibrate(job, card)
         source = job.path("onnx-fp32")
         if job.qat_epochs:
-            source, cache_file, calibration["qat"] = _qat(job, card, calibration)
+            source, cache_file, calibration["qat"] = _qat(job, card, calibration, cache_file)
         plan = None
         if job.search_set is not None:
             plan, calibration["mixed_precision"] = _search(job, card, source, cache_file)
@@ -597,20 +597,44 @@ def _ranges(job: _Job, card: ModelCard, source: Path, method: str) -> Path:
     return cache_file
 
 
-def _qat(job: _Job, card: ModelCard, calibration: dict) -> tuple[Path, Path, dict]:
-    """Fine-tune with fake quantization (qat.py); the QAT source ONNX and its ranges."""
+def _qat(
+    job: _Job, card: ModelCard, calibration: dict, cache_file: Path
+) -> tuple[Path, Path, dict]:
+    """Fine-tune with fake quantization on the PTQ calibration's own ranges (qat.py); the
+    QAT source ONNX, and the ranges its Q/DQ files are to use: those same ones."""
+    import onnx
+
     from .onnx_export import export_onnx
-    from .qat import qat_finetune
+    from .qat import conv_ranges, qat_finetune
+    from .quantize import input_convs
 
     t = time.perf_counter()
     x = prepare_samples(job.calib_chosen, card)
+    fp32 = job.path("onnx-fp32")
     skip = [k for k, o in enumerate(card.outputs) if o.role == "heatmap"]
-    tuned, record = qat_finetune(job.view, x, epochs=job.qat_epochs, skip_outputs=skip)
+    tuned, record = qat_finetune(
+        job.view, x, epochs=job.qat_epochs, skip_outputs=skip,
+        ranges=conv_ranges(fp32, cache_file), float_convs=input_convs(onnx.load(str(fp32))),
+    )  # fmt: skip
     source = job.tmp / ".qat-source.onnx"
     export_onnx(tuned, card, source, opset=OPSET)
-    cache_file = _ranges(job, card, source, job.calib_method)
+    ours, theirs = _tensor_names(source), _tensor_names(fp32)
+    if ours != theirs:  # the cached ranges name tensors
+        raise EdgescreenError(
+            "QAT: the fine-tuned export's tensors differ from the FP32 export's "
+            f"(only in QAT: {sorted(ours - theirs)[:3]}, only in FP32: {sorted(theirs - ours)[:3]})"
+        )
     job.timed("qat", t)
     return source, cache_file, {**record, "calibration_method": job.calib_method}
+
+
+def _tensor_names(path: Path) -> set[str]:
+    import onnx
+
+    # Activations only: the exporter names the constants it makes (and Identity copies of
+    # shared weights) by a counter.
+    graph = onnx.load(str(path)).graph
+    return {o for n in graph.node if n.op_type not in ("Constant", "Identity") for o in n.output}
 
 
 def _search(job: _Job, card: ModelCard, source: Path, cache_file: Path):
@@ -627,7 +651,12 @@ def _search(job: _Job, card: ModelCard, source: Path, cache_file: Path):
         ev = P.Evaluator(
             card, x, labels_of(samples), [s.ref for s in samples], ref, threads=job.threads
         )
-        caches = {m: _ranges(job, card, source, m) for m in C.METHODS}
+        # After QAT only the ranges it trained on fit; a PTQ search also chooses the method.
+        caches = (
+            {job.calib_method: cache_file}
+            if job.qat_epochs
+            else {m: _ranges(job, card, source, m) for m in C.METHODS}
+        )
         results = P.search(source, card, caches, ev, threads=job.threads, workdir=scratch)
         plan = {
             form: (r.method, caches[r.method], [n["name"] for n in r.float_nodes])

@@ -66,3 +66,67 @@ def test_export_qat_writes_both_forms_tensorrt_symmetric(tmp_path):
     assert zps and all(not z.any() for z in zps)  # TensorRT: symmetric, zero points 0
     assert not (tmp_path / "b" / ".qat-source.onnx").exists()
     load_card(tmp_path / "b")  # the card still loads (schema unchanged)
+
+
+def test_qat_exports_the_scales_it_trained_on(tmp_path):
+    """No re-calibration after fine-tuning: every TensorRT-form Q/DQ on a conv input carries
+    the PTQ calibration's own scale (absmax / 127, the grid the student trained on)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from edgescreen.export import export_bundle
+
+    ckpt = make_checkpoint(tmp_path / "run", "multitask")
+    report = export_bundle(
+        ckpt,
+        tmp_path / "b",
+        calib=synth_set(tmp_path / "calib", "dr_grading", 8, seed=31),
+        eval=synth_set(tmp_path / "eval", "dr_grading", 6, seed=32),
+        calib_size=8,
+        calib_method="minmax",
+        qat_epochs=1,
+        allow_drift=True,
+        allow_synthetic_calibration=True,
+        progress=False,
+    )
+    qat = report.card.calibration["qat"]
+    assert qat["activation_ranges"].startswith("the PTQ calibration")
+    assert qat["convs_float"], "the TensorRT form's input convs train float"
+    ranges = load_tensors_data(report.calibration_cache).data
+    model = onnx.load(str(tmp_path / "b" / "model.int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    checked = 0
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = prod.get(conv.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = prod[dq.input[0]]
+        absmax = np.abs(np.concatenate([np.ravel(v) for v in ranges[q.input[0]].range_value]))
+        assert float(inits[q.input[1]]) == pytest.approx(float(absmax.max()) / 127, rel=1e-5)
+        checked += 1
+    assert checked >= 3
+
+
+def test_qat_quantizes_same_padding_convs_and_aligns_with_onnx():
+    """timm's Conv2dSame (EfficientNet-Lite's stem and strided depthwise convs) gets fake
+    quantizers like any conv; a model that does not line up with the ONNX is refused."""
+    import torch
+    from timm.layers import Conv2dSame
+
+    from edgescreen.export.qat import ConvRange, _align, _quantize_same_padding_convs
+    from edgescreen.runtime.errors import EdgescreenError
+
+    mtq = pytest.importorskip("modelopt.torch.quantization")
+    _quantize_same_padding_convs(mtq)
+    net = torch.nn.Sequential(
+        Conv2dSame(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)
+    )
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    mtq.quantize(net, mtq.INT8_DEFAULT_CFG, forward_loop=lambda m: m(torch.from_numpy(x)))
+    assert hasattr(net[0], "input_quantizer") and net[0].input_quantizer.is_enabled
+    good = [ConvRange("a", (4, 3, 3, 3), 1.0), ConvRange("b", (2, 4, 1, 1), 2.0)]
+    assert [r.node for _, r in _align(net, x[:1], good)] == ["a", "b"]
+    with pytest.raises(EdgescreenError, match="do not line up"):
+        _align(net, x[:1], good[::-1])
