@@ -308,15 +308,15 @@ def _build(job: _Job, card: ModelCard, view: Any) -> ExportReport:
     calibration, cache_file, cache_hit = None, None, None
     if "int8" in job.precisions:
         calibration, cache_file, cache_hit = _calibrate(job, card)
-        source = job.path("onnx-fp32")
-        if job.qat_epochs:
-            source, cache_file, calibration["qat"] = _qat(job, card, calibration, cache_file)
         plan = None
         if job.search_set is not None:
-            plan, calibration["mixed_precision"] = _search(job, card, source, cache_file)
-        card = _quantize(job, card, cache_file, source=source, plan=plan)
-        if source != job.path("onnx-fp32"):
-            source.unlink()  # the QAT source is not an artifact
+            plan, calibration["mixed_precision"] = _search(job, card)
+        sources: dict[str, Path] = {}
+        if job.qat_epochs:  # after the search: each form fine-tunes around its float layers
+            sources, calibration["qat"] = _qat(job, card, cache_file, plan)
+        card = _quantize(job, card, cache_file, sources=sources, plan=plan)
+        for source in set(sources.values()):
+            source.unlink()  # QAT sources are not artifacts
     if ev is not None:
         results.update(_drift(job, card, ev))
     gate = _drift_gate(job, card, results)
@@ -401,11 +401,12 @@ def _quantize(
     card: ModelCard,
     cache_file: Path,
     *,
-    source: Path | None = None,
+    sources: dict[str, Path] | None = None,
     plan: dict[str, tuple[str, Path, list[str]]] | None = None,
 ) -> ModelCard:
     """Both INT8 forms from the same cached ranges (quantize.py says how they differ), or
-    per form from the search's `plan` (target -> method, ranges, nodes kept float)."""
+    per form from the search's `plan` (target -> method, ranges, nodes kept float), each
+    from its QAT source where `sources` has one (target -> fine-tuned FP32 ONNX)."""
     from .quantize import quantize
 
     t = time.perf_counter()
@@ -414,7 +415,7 @@ def _quantize(
         target = KINDS[key].target
         method, ranges, keep = (plan or {}).get(target, (job.calib_method, cache_file, []))
         quantize(
-            source or job.path("onnx-fp32"),
+            (sources or {}).get(target, job.path("onnx-fp32")),
             job.path(key),
             target=target,
             method=method,
@@ -598,34 +599,52 @@ def _ranges(job: _Job, card: ModelCard, source: Path, method: str) -> Path:
 
 
 def _qat(
-    job: _Job, card: ModelCard, calibration: dict, cache_file: Path
-) -> tuple[Path, Path, dict]:
-    """Fine-tune with fake quantization on the PTQ calibration's own ranges (qat.py); the
-    QAT source ONNX, and the ranges its Q/DQ files are to use: those same ones."""
+    job: _Job, card: ModelCard, cache_file: Path, plan: dict | None
+) -> tuple[dict[str, Path], dict]:
+    """Fine-tune with fake quantization (qat.py), once per INT8 form: on the ranges that
+    form is quantized with, its float layers (the search's, and the TensorRT form's input
+    convs) kept float, so each student trains on exactly the grid its Q/DQ file will use.
+    Returns the fine-tuned FP32 ONNX per form and the card record."""
     import onnx
 
     from .onnx_export import export_onnx
     from .qat import conv_ranges, qat_finetune
-    from .quantize import input_convs
+    from .quantize import default_exclusions
 
     t = time.perf_counter()
     x = prepare_samples(job.calib_chosen, card)
     fp32 = job.path("onnx-fp32")
+    graph = onnx.load(str(fp32))
     skip = [k for k, o in enumerate(card.outputs) if o.role == "heatmap"]
-    tuned, record = qat_finetune(
-        job.view, x, epochs=job.qat_epochs, skip_outputs=skip,
-        ranges=conv_ranges(fp32, cache_file), float_convs=input_convs(onnx.load(str(fp32))),
-    )  # fmt: skip
-    source = job.tmp / ".qat-source.onnx"
-    export_onnx(tuned, card, source, opset=OPSET)
-    ours, theirs = _tensor_names(source), _tensor_names(fp32)
-    if ours != theirs:  # the cached ranges name tensors
-        raise EdgescreenError(
-            "QAT: the fine-tuned export's tensors differ from the FP32 export's "
-            f"(only in QAT: {sorted(ours - theirs)[:3]}, only in FP32: {sorted(theirs - ours)[:3]})"
-        )
+    sources: dict[str, Path] = {}
+    forms: dict[str, dict] = {}
+    record: dict[str, Any] = {}
+    for key in (k.key for k in ARTIFACTS if k.format == "onnx" and k.precision == "int8"):
+        form = KINDS[key].target
+        method, ranges, keep = (plan or {}).get(form, (job.calib_method, cache_file, []))
+        tuned, record = qat_finetune(
+            job.view, x, epochs=job.qat_epochs, skip_outputs=skip,
+            ranges=conv_ranges(fp32, ranges),
+            float_convs=[*default_exclusions(graph, form), *keep],
+        )  # fmt: skip
+        source = job.tmp / f".qat-source-{form}.onnx"
+        export_onnx(tuned, card, source, opset=OPSET)
+        ours, theirs = _tensor_names(source), _tensor_names(fp32)
+        if ours != theirs:  # the cached ranges name tensors
+            raise EdgescreenError(
+                "QAT: the fine-tuned export's tensors differ from the FP32 export's "
+                f"(only in QAT: {sorted(ours - theirs)[:3]}, only in FP32: {sorted(theirs - ours)[:3]})"
+            )
+        sources[form] = source
+        forms[form] = {
+            "calibration_method": method,
+            **{k: record[k] for k in ("convs_float", "loss_per_epoch", "seconds")},
+        }
     job.timed("qat", t)
-    return source, cache_file, {**record, "calibration_method": job.calib_method}
+    shared = {
+        k: v for k, v in record.items() if k not in ("convs_float", "loss_per_epoch", "seconds")
+    }
+    return sources, {**shared, "forms": forms}
 
 
 def _tensor_names(path: Path) -> set[str]:
@@ -637,7 +656,7 @@ def _tensor_names(path: Path) -> set[str]:
     return {o for n in graph.node if n.op_type not in ("Constant", "Identity") for o in n.output}
 
 
-def _search(job: _Job, card: ModelCard, source: Path, cache_file: Path):
+def _search(job: _Job, card: ModelCard):
     """Accuracy-aware PTQ on the validation split (ptq_search.py): per form, its plan."""
     from . import ptq_search as P
 
@@ -651,12 +670,8 @@ def _search(job: _Job, card: ModelCard, source: Path, cache_file: Path):
         ev = P.Evaluator(
             card, x, labels_of(samples), [s.ref for s in samples], ref, threads=job.threads
         )
-        # After QAT only the ranges it trained on fit; a PTQ search also chooses the method.
-        caches = (
-            {job.calib_method: cache_file}
-            if job.qat_epochs
-            else {m: _ranges(job, card, source, m) for m in C.METHODS}
-        )
+        source = job.path("onnx-fp32")
+        caches = {m: _ranges(job, card, source, m) for m in C.METHODS}
         results = P.search(source, card, caches, ev, threads=job.threads, workdir=scratch)
         plan = {
             form: (r.method, caches[r.method], [n["name"] for n in r.float_nodes])

@@ -125,6 +125,37 @@ def test_export_records_the_search_in_the_card(dr, tmp_path):
         _float_nodes_unquantized(tmp_path / "b" / file, [n["name"] for n in f["float_nodes"]])
 
 
+def test_qat_after_the_search_trains_each_form_around_its_float_layers(dr, tmp_path):
+    """--int8-search with --qat: the search runs on the FP32 model first, then each form's
+    student fine-tunes with that form's float layers float, and its Q/DQ file keeps them."""
+    pytest.importorskip("modelopt.torch.quantization")
+    from edgescreen.export import export_bundle
+
+    report = export_bundle(
+        dr["ckpt"],
+        tmp_path / "b",
+        calib=dr["calib"],
+        eval=dr["eval"],
+        search_data=dr["val"],
+        int8_search=True,
+        qat_epochs=1,
+        calib_size=8,
+        allow_drift=True,
+        allow_synthetic_calibration=True,
+        progress=False,
+    )
+    cal = report.card.calibration
+    plans, qat = cal["mixed_precision"]["forms"], cal["qat"]["forms"]
+    assert set(qat) == {"tensorrt", "cpu"}
+    for form, file in (("tensorrt", "model.int8.onnx"), ("cpu", "model.int8-cpu.onnx")):
+        kept = [n["name"] for n in plans[form]["float_nodes"]]
+        convs = [n for n in kept if n.endswith("Conv")]
+        assert set(convs) <= set(qat[form]["convs_float"])
+        assert qat[form]["calibration_method"] == plans[form]["method"]
+        _float_nodes_unquantized(tmp_path / "b" / file, kept)
+    assert not list((tmp_path / "b").glob(".qat-source*"))
+
+
 def test_search_refuses_validation_images_that_are_test_images(dr, tmp_path):
     from edgescreen.export import export_bundle
     from edgescreen.export.calibration import CalibrationError

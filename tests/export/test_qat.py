@@ -92,7 +92,7 @@ def test_qat_exports_the_scales_it_trained_on(tmp_path):
     )
     qat = report.card.calibration["qat"]
     assert qat["activation_ranges"].startswith("the PTQ calibration")
-    assert qat["convs_float"], "the TensorRT form's input convs train float"
+    assert qat["forms"]["tensorrt"]["convs_float"], "the TensorRT form's input convs train float"
     ranges = load_tensors_data(report.calibration_cache).data
     model = onnx.load(str(tmp_path / "b" / "model.int8.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
