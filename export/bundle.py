@@ -616,6 +616,7 @@ def _qat(
     fp32 = job.path("onnx-fp32")
     graph = onnx.load(str(fp32))
     skip = [k for k, o in enumerate(card.outputs) if o.role == "heatmap"]
+    theirs = _tensor_names(fp32)  # the cached ranges name these tensors
     sources: dict[str, Path] = {}
     forms: dict[str, dict] = {}
     record: dict[str, Any] = {}
@@ -629,8 +630,8 @@ def _qat(
         )  # fmt: skip
         source = job.tmp / f".qat-source-{form}.onnx"
         export_onnx(tuned, card, source, opset=OPSET)
-        ours, theirs = _tensor_names(source), _tensor_names(fp32)
-        if ours != theirs:  # the cached ranges name tensors
+        ours = _tensor_names(source)
+        if ours != theirs:
             raise EdgescreenError(
                 "QAT: the fine-tuned export's tensors differ from the FP32 export's "
                 f"(only in QAT: {sorted(ours - theirs)[:3]}, only in FP32: {sorted(theirs - ours)[:3]})"
