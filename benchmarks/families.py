@@ -43,19 +43,22 @@ DATA = {
 }
 
 
-def train_family(family: str, work: Path) -> dict[str, Any]:
+def train_family(family: str, work: Path, images: int | None = None) -> dict[str, Any]:
     """The family's JSON row (time, validation metric, stage selection)."""
-    return _train(family, work)[0]
+    return _train(family, work, images)[0]
 
 
-def _train(family: str, work: Path) -> tuple[dict[str, Any], Path]:
-    """The family's JSON row and its checkpoint (splits.json beside it, for --drift)."""
+def _train(family: str, work: Path, images: int | None = None) -> tuple[dict[str, Any], Path]:
+    """The family's JSON row and its checkpoint (splits.json beside it, for --drift).
+
+    `images` replaces DATA's count (a bigger test split for a tighter drift interval)."""
     from edgescreen.train.config import load_config
     from edgescreen.train.data.loaders import load_generic_csv
     from edgescreen.train.data.synth import synthesize
     from edgescreen.train.loop import Trainer
 
     kind, task, n, side = DATA[family]
+    n = images or n
     data_dir = work / f"{kind}-{n}-{side}"
     if not (data_dir / "labels.csv").is_file():
         synthesize(kind, n, data_dir, seed=11, size=side)
@@ -226,7 +229,7 @@ def drift_table(family: str, drift: dict[str, Any]) -> str:
 
 def run_family(family: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Train one family and, with --drift, export and measure it while its run is on disk."""
-    row, checkpoint = _train(family, work)
+    row, checkpoint = _train(family, work, args.images)
     print(json.dumps({k: row[k] for k in ("family", "seconds", "val_metric")}))
     if args.drift:
         row["drift"] = drift_family(
@@ -251,7 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--int8-search", action="store_true", help="with --drift: accuracy-aware INT8 PTQ"
     )
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="synthetic images per family instead of the table's (e.g. 1340 for ~200 test)",
+    )
     args = p.parse_args(argv)
+    if args.images is not None and args.images < 40:
+        p.error("--images must be at least 40 (the trainer's splits need a few per class)")
     if args.int8_search and not args.drift:
         p.error("--int8-search only applies with --drift")
     with tempfile.TemporaryDirectory(prefix="edgescreen-families-") as scratch:

@@ -38,6 +38,33 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide INT8 and FP16 speed on a CPU, best first within each
+# architecture: one Xeon model name covers machines with and without AMX, whose INT8/FP32
+# ratios differ several-fold, so results carry the best one in their name.
+INT8_ISAS = (
+    ("amx_int8", "amx"),
+    ("avx512_vnni", "avx512vnni"),
+    ("avx_vnni", "avxvnni"),
+    ("avx512f", "avx512"),
+    ("avx2", "avx2"),
+    ("i8mm", "i8mm"),  # ARM (Jetson Orin's Cortex-A78AE has dotprod, not i8mm)
+    ("asimddp", "dotprod"),
+    ("asimd", "neon"),
+)
+
+
+def cpu_features(cpuinfo: str | None = None) -> list[str]:
+    """The INT8_ISAS this CPU has (from /proc/cpuinfo's flags or Features), best first."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    have = set(match.group(1).split()) if match else set()
+    return [short for flag, short in INT8_ISAS if flag in have]
+
+
 def gpu_name() -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
@@ -79,15 +106,17 @@ def versions() -> dict[str, str]:
 
 def machine_tag() -> str:
     """A short file-name-safe name for the machine: cpu model and core count (or GPU)."""
-    name = gpu_name() or cpu_name()
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    gpu = gpu_name()
+    slug = re.sub(r"[^a-z0-9]+", "-", (gpu or cpu_name()).lower()).strip("-")
     slug = re.sub(r"-(cpu|processor|core-tm|r)-", "-", slug)[:40].strip("-")
-    return f"{slug}-{os.cpu_count()}c"
+    isa = [] if gpu else cpu_features()[:1]
+    return "-".join([slug, *isa, f"{os.cpu_count()}c"])
 
 
 def describe(threads: int) -> dict[str, object]:
     return {
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "gpu": gpu_name(),
         "machine": platform.machine(),

@@ -86,8 +86,15 @@ def test_drift_table_has_one_row_per_precision_and_aligned_columns():
 def test_cli_appends_drift_only_when_asked(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_train(family, work):
-        row = {"family": family, "images": 8, "side": 64, "seconds": 1.0, "cpu_seconds": 1.0}
+    def fake_train(family, work, images=None):
+        seen["images"] = images
+        row = {
+            "family": family,
+            "images": images or 8,
+            "side": 64,
+            "seconds": 1.0,
+            "cpu_seconds": 1.0,
+        }
         return {**row, "metric": "accuracy", "val_metric": 0.5, "stages": []}, work / "model.pt"
 
     def fake_drift(checkpoint, bundle, *, int8_search=False):
@@ -103,12 +110,15 @@ def test_cli_appends_drift_only_when_asked(monkeypatch, tmp_path):
     [js] = (tmp_path / "plain").glob("*.json")
     assert "drift against FP32" not in md.read_text()
     assert "drift" not in json.loads(js.read_text())["families"][0]
-    assert not seen
+    assert seen == {"images": None}  # trained with the table's count, not exported
 
-    families.main([*common, "--out", str(tmp_path / "drift"), "--drift", "--int8-search"])
+    families.main(
+        [*common, "--out", str(tmp_path / "drift"), "--drift", "--int8-search", "--images", "900"]
+    )
     [md] = (tmp_path / "drift").glob("*.md")
     [js] = (tmp_path / "drift").glob("*.json")
     assert seen == {
+        "images": 900,
         "checkpoint": tmp_path / "w" / "model.pt",
         "bundle": tmp_path / "w" / "bundle-ran",
         "int8_search": True,
