@@ -13,8 +13,10 @@ with its Q/DQ unfused, as TensorRT computes it):
    every other candidate float, its p95 |Δ referral probability| on validation; or by
    local SQNR alone (`rank="sqnr"`: free, but on the demo model it put the layer that
    mattered most last).
-3. Besides the card's limits the search asks for p95 |Δ referral probability| <= MAX_P95_DP
-   (one flip more or less on ~150 images is luck; the p95 is not).
+3. Besides the card's limits the search asks for median |Δ referral probability| <=
+   MAX_MEDIAN_DP and p95 <= MAX_P95_DP (one flip more or less on ~100 images is luck; the
+   spread of the probabilities is not), set below the benchmark's floors (0.005, 0.02 on
+   held-out photos) by the validation -> held-out gap measured on the demo.
 4. Greedy: keep the first 1, 2, 4, ... ranked nodes float until the card's drift limits
    (decision flip rate, |Δ metric|) hold, bisect back to the shortest passing prefix, then
    drop every kept node whose removal still passes. Bounded by `max_trials`.
@@ -48,10 +50,14 @@ from .quantize import default_exclusions, quantize
 
 FILES = {"tensorrt": "model.int8.onnx", "cpu": "model.int8-cpu.onnx"}
 BATCH = 16
-# Besides the card's limits (flips, |Δ metric|), the search asks for a small 95th percentile
-# of |Δ referral probability|: on ~150 validation images one flip more or less is luck (a
-# calibration method passed the flip gate at p95 0.055 on the demo), the p95 is not.
-MAX_P95_DP = 0.02
+# Besides the card's limits (flips, |Δ metric|), the search asks for a small median and 95th
+# percentile of |Δ referral probability|: on ~100 validation images one flip more or less is
+# luck (a calibration method passed the flip gate at p95 0.055 on the demo), the spread is
+# not. The benchmark's floors are 0.005 and 0.02 on held-out photos; a plan that just met them
+# on validation missed them there (seed-0 demo: validation median 0.0054 -> held-out 0.0059,
+# p95 0.0177 -> 0.0201), so the search aims 20-25% below them.
+MAX_MEDIAN_DP = 0.004
+MAX_P95_DP = 0.015
 MAX_COSTED = 12  # float layers costed one by one; beyond, only the total is measured
 
 
@@ -128,6 +134,7 @@ class Evaluator:
         fp32: dict[str, np.ndarray],
         *,
         threads: int | None = None,
+        max_median_dp: float | None = MAX_MEDIAN_DP,
         max_p95_dp: float | None = MAX_P95_DP,
     ) -> None:
         self.card, self.x, self.y, self.refs, self.fp32 = card, x, y, list(refs), fp32
@@ -137,7 +144,8 @@ class Evaluator:
             if kind.format == "onnx" and kind.precision == "int8":
                 entries[key] = Artifact(kind.file, "0" * 64, "onnx", "int8", kind.target)
         self.run_card = card.replace(artifacts=entries)
-        self.threads, self.max_p95_dp = threads, max_p95_dp
+        self.threads = threads
+        self.max_dp = {"median": max_median_dp, "p95": max_p95_dp}
 
     def outputs(self, folder: Path, form: str) -> dict[str, np.ndarray]:
         with open_backend(
@@ -159,19 +167,20 @@ class Evaluator:
         r = V.compare(self.card, self.fp32, got, self.y, self.refs)
         dp = referral_deltas(self.card, self.fp32, got)
         violations = V.gate(self.card, {form: r})
-        p95 = float(np.percentile(dp, 95))
-        if self.max_p95_dp is not None and p95 > self.max_p95_dp:
-            violations.append(
-                f"{form}: p95 |Δ referral probability| {p95:.4f} exceeds {self.max_p95_dp}"
-            )
+        spread = {"median": float(np.median(dp)), "p95": float(np.percentile(dp, 95))}
+        for name, limit in self.max_dp.items():
+            if limit is not None and spread[name] > limit:
+                violations.append(
+                    f"{form}: {name} |Δ referral probability| {spread[name]:.4f} exceeds {limit}"
+                )
         return Trial(
             method=method,
             float_nodes=list(float_nodes),
             flips=r["flip_count"],
             images=len(self.y),
             delta=r["delta"],
-            median_dp=float(np.median(dp)),
-            p95_dp=p95,
+            median_dp=spread["median"],
+            p95_dp=spread["p95"],
             mean_dp=float(np.mean(dp)),
             violations=violations,
             seconds=round(time.perf_counter() - t, 2),

@@ -189,3 +189,38 @@ def test_the_export_report_says_when_the_searched_cpu_form_is_no_faster_than_fp3
     assert notes[0].startswith("INT8 search, cpu form: 17 layers kept float; CPU form 4.50 ms")
     assert notes[0].endswith("no faster than FP32 on this CPU, so screen with --precision fp32")
     assert "no faster" not in notes[1]  # the TensorRT form runs on TensorRT, not on this CPU
+
+
+def test_a_plan_fails_when_the_median_or_p95_probability_shift_exceeds_its_limit(dr, tmp_path):
+    """Flips and |Δ metric| can pass while every probability moved: the spread limits catch it."""
+    from edgescreen.export import export_bundle
+    from edgescreen.export import ptq_search as P
+    from edgescreen.export.data import prepare_samples, resolve
+    from edgescreen.export.verify import run_shipped
+    from edgescreen.runtime.card import load_card
+
+    bundle = tmp_path / "b"
+    export_bundle(dr["ckpt"], bundle, precisions=("fp32",), eval=dr["eval"], progress=False)
+    card = load_card(bundle)
+    val = resolve(dr["val"], what="v").samples
+    x = prepare_samples(val, card)
+    ref = run_shipped(bundle, card, "fp32", x)
+    rng = np.random.default_rng(0)
+    moved = {k: v + 0.3 * rng.standard_normal(v.shape).astype(v.dtype) for k, v in ref.items()}
+    dp = P.referral_deltas(card, ref, moved)
+    median, p95 = float(np.median(dp)), float(np.percentile(dp, 95))
+    assert 0 < median < p95
+
+    def judged(**limits):
+        ev = P.Evaluator(card, x, np.array([s.label for s in val]), [s.ref for s in val], ref,
+                         **limits)  # fmt: skip
+        ev.outputs = lambda folder, form: moved  # what a candidate file would have given
+        return [v for v in ev.judge(tmp_path, "cpu", "minmax", []).violations if "|Δ ref" in v]
+
+    assert judged(max_median_dp=median * 1.01, max_p95_dp=p95 * 1.01) == []
+    [v] = judged(max_median_dp=median * 0.99, max_p95_dp=p95 * 1.01)
+    assert v.startswith("cpu: median |Δ referral probability|")
+    [v] = judged(max_median_dp=median * 1.01, max_p95_dp=p95 * 0.99)
+    assert v.startswith("cpu: p95 |Δ referral probability|")
+    assert len(judged(max_median_dp=None, max_p95_dp=None)) == 0
+    assert P.MAX_MEDIAN_DP < 0.005 and P.MAX_P95_DP < 0.02  # aims below the held-out floors
