@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +81,33 @@ def test_greedy_search_keeps_layers_float_until_the_target_holds(dr, tmp_path):
         form="cpu", exclude=[],
     )  # fmt: skip
     Oracle.needed = {ranked[0][0], ranked[4][0]}  # the 1st and the 5th most harmful
-    result, path = P.search_form(
-        bundle / "model.onnx", card, "cpu", {"minmax": cache}, ev, max_trials=20, rank="sqnr"
-    )
+
+    def run():
+        return P.search_form(
+            bundle / "model.onnx", card, "cpu", {"minmax": cache}, ev, max_trials=20, rank="sqnr"
+        )
+
+    # Where every plan has as many float/INT8 boundaries, pruning drops all it can.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(P, "boundaries", lambda path: 0)
+        result, path = run()
     assert result.method == "minmax" and result.trials <= 20
     assert result.baseline["minmax"]["passed"] is False
     names = [n["name"] for n in result.float_nodes]
     assert result.passed and set(names) == Oracle.needed  # doubling to 8, bisect to 5, prune to 2
+    shutil.rmtree(path.parent)
+
+    # Counted for real, it keeps a node whose removal would split a float run (one more
+    # quantize/dequantize pass at run time) and drops every other one it can.
+    result, path = run()
+    names = [n["name"] for n in result.float_nodes]
+    assert result.passed and Oracle.needed <= set(names)
+    for extra in set(names) - Oracle.needed:
+        split = tmp_path / "split.onnx"
+        quantize(bundle / "model.onnx", split, target="cpu", method="minmax", cache_file=cache,
+                 keep_float=[n for n in names if n != extra])  # fmt: skip
+        assert P.boundaries(split) > result.final["boundaries"], extra
+    assert result.final["boundaries"] == P.boundaries(path)
     assert all(n["reason"].startswith("reads ") and n["op_type"] for n in result.float_nodes)
     assert all("cpu_cost_ms" in n for n in result.float_nodes)
     assert set(result.cpu_latency_ms) == {
