@@ -12,6 +12,10 @@ probability|, and how many layers each path kept float.
 `--work` is an `edgescreen demo` folder: its validation photos (what the search judged on)
 and held-out photos (what nothing was tuned on) are rebuilt from the seed. Make the bundles
 with `edgescreen export` (`--int8-search`, `--qat EPOCHS`) or `export_bundle`.
+
+`--latency` also times each bundle's CPU form and the shared FP32 model in ONNX Runtime at
+batch 1, in alternating rounds in one process (the median of each round's median; a
+noisy machine moves all of them together, so compare within one run only).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 from .report import fmt
 
 FORMS = ("tensorrt", "cpu")
+THREADS = 2  # ONNX Runtime threads for --latency, as the demo's benchmark runs
 
 
 def _sha(path: Path) -> str:
@@ -91,6 +96,53 @@ def judge_bundles(
     return rows
 
 
+def cpu_latencies(
+    bundles: dict[str, Path], *, rounds: int = 5, runs: int = 80, threads: int = 2
+) -> dict[str, dict[str, Any]]:
+    """Batch-1 ONNX Runtime latency of FP32 and of each bundle's CPU form, side by side."""
+    import json
+
+    import numpy as np
+
+    from edgescreen.export.ptq_search import boundaries, cpu_latency_ms
+
+    first = next(iter(bundles.values()))
+    shape = json.loads((first / "model.json").read_text())["input"]["shape"]
+    x1 = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
+    files = {"fp32": first / "model.onnx"}
+    files.update({label: path / "model.int8-cpu.onnx" for label, path in bundles.items()})
+    times: dict[str, list[float]] = {label: [] for label in files}
+    for _ in range(rounds):
+        for label, path in files.items():
+            times[label].append(cpu_latency_ms(path, x1, runs=runs, threads=threads))
+    return {
+        label: {
+            "median_ms": round(float(np.median(t)), 3),
+            "rounds_ms": [round(v, 3) for v in t],
+            "boundaries": None if label == "fp32" else boundaries(files[label]),
+        }
+        for label, t in times.items()
+    }
+
+
+def latency_markdown(lat: dict[str, dict[str, Any]], threads: int) -> str:
+    fp32 = lat["fp32"]["median_ms"]
+    lines = [
+        "",
+        f"CPU form at batch 1, ONNX Runtime, {threads} threads, rounds alternated in one run:",
+        "",
+        "| model | median ms | vs FP32 | float/INT8 boundaries | rounds ms |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in lat.items():
+        b = "–" if r["boundaries"] is None else str(r["boundaries"])
+        rounds = ", ".join(f"{v:.2f}" for v in r["rounds_ms"])
+        lines.append(
+            f"| {label} | {r['median_ms']:.2f} | {fp32 / r['median_ms']:.2f}× | {b} | {rounds} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: Sequence[dict[str, Any]], *, machine: str, source: str) -> str:
     lines = [
         "# INT8 paths side by side",
@@ -122,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bundle", action="append", required=True, metavar="LABEL=DIR", help="repeatable"
     )
     ap.add_argument("--out", type=Path, default=None, help="write JSON and markdown here")
+    ap.add_argument(
+        "--latency", action="store_true", help="also time each CPU form beside FP32 (batch 1)"
+    )
     args = ap.parse_args(argv)
     bundles = {}
     for item in args.bundle:
@@ -138,13 +193,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.work, real_dir=SHARED_FUNDUS, n_synth=600, seed=args.seed
     )
     rows = judge_bundles(bundles, {"validation": search, "held-out": held})
-    machine = str(describe(2).get("cpu", "?"))
+    info = describe(THREADS)
+    isa = ", ".join(info.get("cpu_features") or [])  # type: ignore[arg-type]
+    machine = f"{info.get('cpu', '?')} ({isa})" if isa else str(info.get("cpu", "?"))
     source = (
         f"Demo folder {args.work} (seed {args.seed}): {len(search)} real validation photos "
         f"(the search judges there), {len(held)} real held-out photos (nothing tuned on them). "
         "Bundles: " + ", ".join(f"{k} = {v}" for k, v in bundles.items()) + "."
     )
     md = markdown(rows, machine=machine, source=source)
+    lat = cpu_latencies(bundles, threads=THREADS) if args.latency else None
+    if lat is not None:
+        md += latency_markdown(lat, threads=THREADS)
     print(md)
     if args.out:
         data = {
@@ -153,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": machine,
             "source": source,
             "rows": rows,
+            "cpu_latency": lat,
         }
         write_named(data, md, args.out, f"{machine_tag()}-{data['date']}-int8-paths")
     return 0

@@ -60,7 +60,7 @@ def cpu_features(cpuinfo: str | None = None) -> list[str]:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return []
-    match = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    match = re.search(r"^(?:flags|Features)[ \t]*:[ \t]*(.*)$", cpuinfo, re.MULTILINE)
     have = set(match.group(1).split()) if match else set()
     return [short for flag, short in INT8_ISAS if flag in have]
 
@@ -105,7 +105,8 @@ def versions() -> dict[str, str]:
 
 
 def machine_tag() -> str:
-    """A short file-name-safe name for the machine: cpu model and core count (or GPU)."""
+    """A short file-name-safe name for the machine: the GPU, or the CPU model and its best INT8
+    instruction set (cpu_features), then the core count."""
     gpu = gpu_name()
     slug = re.sub(r"[^a-z0-9]+", "-", (gpu or cpu_name()).lower()).strip("-")
     slug = re.sub(r"-(cpu|processor|core-tm|r)-", "-", slug)[:40].strip("-")

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgescreen.benchmarks import int8_paths
@@ -58,3 +59,14 @@ def test_two_paths_of_one_model_are_judged_on_the_same_photos(monkeypatch, tmp_p
         f.write(b"\0")  # a different FP32 model: not comparable
     with pytest.raises(EdgescreenError, match="FP32 model differs"):
         int8_paths.judge_bundles({"ptq": tmp_path / "ptq", "x": other}, {"held-out": photos})
+
+    lat = int8_paths.cpu_latencies({"ptq": tmp_path / "ptq", "qat": tmp_path / "qat"}, rounds=2,
+                                   runs=3)  # fmt: skip
+    assert list(lat) == ["fp32", "ptq", "qat"]  # FP32 first, then each bundle's CPU form
+    assert lat["fp32"]["boundaries"] is None
+    for label in ("ptq", "qat"):  # full INT8: Q at the input, DQ before the float heads
+        assert lat[label]["boundaries"] >= 2 and len(lat[label]["rounds_ms"]) == 2
+        assert lat[label]["median_ms"] == pytest.approx(
+            np.median(lat[label]["rounds_ms"]), abs=1e-3
+        )
+    assert "| ptq |" in int8_paths.latency_markdown(lat, threads=2)
