@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .report import fmt
+from .report import fmt, isa_note
 
 FORMS = ("tensorrt", "cpu")
 THREADS = 2  # ONNX Runtime threads for --latency, as the demo's benchmark runs
@@ -97,17 +97,16 @@ def judge_bundles(
 
 
 def cpu_latencies(
-    bundles: dict[str, Path], *, rounds: int = 5, runs: int = 80, threads: int = 2
+    bundles: dict[str, Path], *, rounds: int = 5, runs: int = 80, threads: int = THREADS
 ) -> dict[str, dict[str, Any]]:
     """Batch-1 ONNX Runtime latency of FP32 and of each bundle's CPU form, side by side."""
-    import json
-
     import numpy as np
 
     from edgescreen.export.ptq_search import boundaries, cpu_latency_ms
+    from edgescreen.runtime.card import load_card
 
     first = next(iter(bundles.values()))
-    shape = json.loads((first / "model.json").read_text())["input"]["shape"]
+    shape = load_card(first).input.shape
     x1 = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
     files = {"fp32": first / "model.onnx"}
     files.update({label: path / "model.int8-cpu.onnx" for label, path in bundles.items()})
@@ -194,8 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows = judge_bundles(bundles, {"validation": search, "held-out": held})
     info = describe(THREADS)
-    isa = ", ".join(info.get("cpu_features") or [])  # type: ignore[arg-type]
-    machine = f"{info.get('cpu', '?')} ({isa})" if isa else str(info.get("cpu", "?"))
+    machine = f"{info.get('cpu', '?')}{isa_note(info)}"
     source = (
         f"Demo folder {args.work} (seed {args.seed}): {len(search)} real validation photos "
         f"(the search judges there), {len(held)} real held-out photos (nothing tuned on them). "

@@ -125,7 +125,7 @@ def _ci(row: dict[str, Any]) -> str:
     return f", 95% CI {fmt(100 * ci[0], 1)}-{fmt(100 * ci[1], 1)}%" if ci else ""
 
 
-def _isa(machine: dict[str, Any]) -> str:
+def isa_note(machine: dict[str, Any]) -> str:
     """` (amx, avx512vnni, ...)`: the INT8 instruction sets, which decide INT8's speed-up."""
     features = machine.get("cpu_features")
     return f" ({', '.join(features)})" if features else ""
@@ -136,7 +136,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# edgescreen benchmark: {data['bundle'].get('name')} ({data['date']})",
         "",
-        f"Machine: {m.get('cpu')}{_isa(m)}, {m.get('cores')} cores, "
+        f"Machine: {m.get('cpu')}{isa_note(m)}, {m.get('cores')} cores, "
         f"GPU: {m.get('gpu') or 'none'}; "
         f"{m.get('threads')} inference threads; allocator for PyTorch: "
         f"{next((r['allocator'] for r in data['latency']), 'n/a')}.",

@@ -346,8 +346,9 @@ def search_form(
                 if trials >= max_trials or len(keep) <= 1:
                     break
                 tr = attempt(method, [n for n in keep if n != node])
-                # Fewer float nodes in more float runs ran slower (seed-0 demo, CPU form:
-                # 30 nodes 3.98 ms, 33 nodes 3.62 ms, side by side): keep the runs whole.
+                # Fewer float nodes in more float runs ran slower (seed-0 demo, CPU form, side
+                # by side: 30 nodes in 49 boundaries 5.02 ms, 33 nodes in 44 4.57 ms;
+                # benchmarks/results/intel-xeon-processor-amx-2c-2026-12-02-int8-paths.md).
                 added = (tr.boundaries or 0) - (found.boundaries or 0)
                 if tr.passed and added <= 0:
                     keep.remove(node)
@@ -480,7 +481,7 @@ def card_record(results: dict[str, SearchResult], validation: str) -> dict[str, 
                         "p95_dp",
                         "boundaries",
                         "violations",
-                    )  # fmt: skip
+                    )
                 },
                 "full_int8_validation": {
                     m: {k: b[k] for k in ("flips", "delta", "p95_dp", "passed")}
