@@ -19,11 +19,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .errors import ImageError
+
+if TYPE_CHECKING:
+    from .preprocess import Disc
 
 # Keep bit depth and colour-ness; unlike IMREAD_UNCHANGED this still applies EXIF rotation.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
@@ -49,6 +53,9 @@ class Decoded:
     # (width, height) of the full-resolution image, as oriented (EXIF applied); None if unknown.
     original_size: tuple[int, int] | None = None
     scale: float = 1.0  # decoded shorter side / original shorter side: < 1 when min_side reduced it
+    # The fundus field of view, when choosing the decode scale already needed it
+    # (prepare.decode_for); prepare() then does not search for it again.
+    disc: Disc | None = None
 
     @property
     def reduced(self) -> bool:
@@ -208,6 +215,14 @@ def _check_min_side(min_side: int | None) -> None:
         return
     if isinstance(min_side, bool) or not isinstance(min_side, int | np.integer) or min_side < 1:
         raise ValueError(f"min_side must be a positive integer or None, got {min_side!r}")
+
+
+def jpeg_reduction(data: bytes, min_side: int) -> int:
+    """The DCT-domain reduction k (1, 2, 4 or 8) decode(data, min_side=min_side) would use;
+    1 for anything that is not a JPEG with a readable header."""
+    _check_min_side(min_side)
+    sof = _jpeg_sof(data) if data[:3] == b"\xff\xd8\xff" else None
+    return 1 if sof is None else _reduction(min(sof[:2]), min_side)
 
 
 def _reduction(side: int, min_side: int) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -23,9 +23,16 @@ import numpy as np
 
 from .card import ModelCard
 from .errors import EdgescreenError, ImageError
-from .imageio import Decoded, decode
+from .imageio import Decoded, decode, jpeg_reduction, read_file
 from .preprocess import Disc, PreprocessConfig, canonical, find_fundus_disc, to_tensor
-from .quality import QualityLimits, QualityReport, assess_quality, measuring_side
+from .quality import (
+    MIN_DISC_RADIUS,
+    QualityLimits,
+    QualityReport,
+    assess_quality,
+    coarse_measuring_side,
+    measuring_side,
+)
 
 Status = Literal["ok", "ungradable", "failed"]
 
@@ -70,15 +77,67 @@ def decode_side(
 def decode_for(
     source: str | Path | bytes | np.ndarray | Decoded, card: ModelCard, *, name: str | None = None
 ) -> Decoded:
-    """Decode `source` as this card's screening does: its pixel limit, at decode_side's scale."""
+    """Decode `source` as this card's screening does: its pixel limit, at decode_scaled's scale."""
+    return decode_scaled(
+        source, card.preprocessing, card.quality, max_pixels=card.input.max_pixels, name=name
+    )
+
+
+def decode_scaled(
+    source: str | Path | bytes | np.ndarray | Decoded,
+    cfg: PreprocessConfig,
+    limits: QualityLimits | None = None,
+    *,
+    size: int | None = None,
+    max_pixels: int | None = None,
+    name: str | None = None,
+) -> Decoded:
+    """Decode at the coarsest scale that still serves the gate and the crop.
+
+    decode_side's scale is safe for any fundus camera. Many cameras clip the circle with the
+    frame's top and bottom, so the disc is bigger than that rule assumes: a fundus JPEG is
+    first decoded at quality.coarse_measuring_side (a 10-megapixel photo at 1/8 instead of
+    1/4, about 2.5x less decoding) and kept if its disc is found with a radius of at least
+    quality.MIN_DISC_RADIUS (and spans the picture size); otherwise it is decoded again at
+    decode_side's scale. The choice depends on the file alone, so screening, training, the
+    heatmap overlay and a rerun all decode a photo the same way.
+    """
     if isinstance(source, Decoded):
         return source
-    return decode(
-        source,
-        name=name,
-        max_pixels=card.input.max_pixels,
-        min_side=decode_side(card.preprocessing, card.quality),
-    )
+    side = decode_side(cfg, limits, size)
+    coarse = _coarse_side(cfg, limits, size)
+    if coarse is None or isinstance(source, np.ndarray):
+        return decode(source, name=name, max_pixels=max_pixels, min_side=side)
+    label = name or _label(source)
+    data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else None
+    if data is None:
+        data = read_file(source, name=label)
+    if jpeg_reduction(data, coarse) > jpeg_reduction(data, side):
+        first = decode(data, name=label, max_pixels=max_pixels, min_side=coarse)
+        disc = find_fundus_disc(first.image)
+        if disc.found and disc.radius >= max(MIN_DISC_RADIUS, (size or cfg.size) / 2):
+            return replace(first, disc=disc)
+    return decode(data, name=label, max_pixels=max_pixels, min_side=side)
+
+
+def decode_recipe(
+    cfg: PreprocessConfig, limits: QualityLimits | None = None, size: int | None = None
+) -> dict[str, int | None]:
+    """What decode_scaled's choice of scale depends on (a cache of decoded work keys on it)."""
+    return {
+        "side": decode_side(cfg, limits, size),
+        "coarse_side": _coarse_side(cfg, limits, size),
+        "min_disc_radius": MIN_DISC_RADIUS,
+    }
+
+
+def _coarse_side(
+    cfg: PreprocessConfig, limits: QualityLimits | None, size: int | None
+) -> int | None:
+    coarse = coarse_measuring_side(cfg.modality)
+    if coarse is None:
+        return None
+    return max(coarse, size or cfg.size, limits.min_side if limits else 0)
 
 
 def prepare(
@@ -105,7 +164,7 @@ def prepare(
     image = decoded.image
     start = time.perf_counter()
     if cfg.modality == "fundus":
-        out.disc = find_fundus_disc(image)
+        out.disc = decoded.disc if decoded.disc is not None else find_fundus_disc(image)
     if gate:
         out.quality = assess_quality(image, cfg.modality, card.quality, disc=out.disc)  # type: ignore[union-attr]
         out.quality.measurements["decode_scale"] = decoded.scale  # measured on the decoded pixels

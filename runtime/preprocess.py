@@ -299,6 +299,22 @@ def _circle_fraction_inside(cx: float, cy: float, r: float, h: int, w: int) -> f
     return min(area / (math.pi * r * r), 1.0)
 
 
+def percentile_u8(values: np.ndarray, q: float) -> float:
+    """np.percentile(values, q) of uint8 values, exactly (linear interpolation), from a histogram.
+
+    A 256-bin count is several times cheaper than the partial sort np.percentile does.
+    """
+    counts = np.cumsum(np.bincount(values.ravel(), minlength=256))
+    n = int(counts[-1])
+    if n == 0:
+        raise ValueError("percentile of no values")
+    rank = (n - 1) * q / 100.0
+    lo = math.floor(rank)
+    # The value at sorted position i is the first level whose cumulative count exceeds i.
+    below, above = np.searchsorted(counts, [lo, min(lo + 1, n - 1)], side="right")
+    return float(below + (above - below) * (rank - lo))
+
+
 def _fit_circle(pts: np.ndarray) -> tuple[float, float, float]:
     """Algebraic (Kasa) least-squares circle through points (N, 2)."""
     x, y = pts[:, 0], pts[:, 1]
@@ -361,7 +377,7 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
         v = small
     else:
         v = cv2.max(cv2.max(small[:, :, 0], small[:, :, 1]), small[:, :, 2])
-    top = float(np.percentile(v, 99))
+    top = percentile_u8(v, 99)
     if top < 8:  # black frame
         return fallback
     # Camera borders are near 0 (JPEG noise < ~6); fundus edges, even dark ones, above.
@@ -461,7 +477,7 @@ def find_fundus_disc(image: np.ndarray) -> Disc:
     ring[circle > 0] = 0
     ring = cv2.subtract(ring, cv2.dilate(circle, kernel))
     outside = v[ring > 0]
-    step_ok = outside.size < 20 or float(np.percentile(outside, 90)) <= thresh
+    step_ok = outside.size < 20 or percentile_u8(outside, 90) <= thresh
     found = bool(
         step_ok
         and not deep

@@ -1,7 +1,7 @@
 """The fundus quality gate on whole sets of real files (skipped where the shared data is absent).
 
-- a camera original (3872x2592), the same file decoded at 1/4 and its 768 px copy get
-  the same verdict, and every real photo of both sets is gradable;
+- a camera original (3872x2592), the same file decoded at 1/4 and at 1/8 (as screening
+  decodes it) and its 768 px copy get the same verdict, and every real photo of both sets is gradable;
 - defocused copies of every real photo, saved as JPEG at quality 70-95, are rejected;
 - the synthetic set whose clipped circles used to be "no fundus found" is all gradable.
 """
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import shared_set
 
-from edgescreen.runtime.preprocess import find_fundus_disc
-from edgescreen.runtime.quality import assess_quality
+from edgescreen.runtime.prepare import decode_scaled
+from edgescreen.runtime.preprocess import PreprocessConfig, find_fundus_disc
+from edgescreen.runtime.quality import assess_quality, default_limits
 
 
 def _read_rgb(path) -> np.ndarray:
@@ -66,6 +67,13 @@ def test_camera_original_and_768_copy_same_verdict(camera_pairs):
         )
         c = assess_quality(quarter, "fundus")
         assert c.gradable == a.gradable, (original.name, c.to_dict())
+        # As screening decodes it: at 1/8, where the clipped disc is still big enough.
+        eighth = decode_scaled(
+            original, PreprocessConfig.default("fundus", 160), default_limits("fundus")
+        )
+        assert eighth.scale == 1 / 8 and eighth.disc is not None, original.name
+        e = assess_quality(eighth.image, "fundus", disc=eighth.disc)
+        assert e.gradable == a.gradable, (original.name, e.to_dict())
 
 
 @pytest.mark.slow  # 400 photos x 4 qualities: 15-25 s

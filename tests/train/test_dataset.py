@@ -37,7 +37,7 @@ def test_cache_is_used_after_the_first_epoch(fundus_dir, tmp_path, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(module, "decode", no_decoding)
+    monkeypatch.setattr(module, "decode_scaled", no_decoding)
     again = ScreeningDataset(samples, cfg, working_size=96, cache_dir=tmp_path / "cache")
     for a, b in zip(first, (again[i][0] for i in range(2)), strict=True):
         assert torch.equal(a, b)

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edgescreen.runtime.imageio import decode
-from edgescreen.runtime.prepare import decode_side, prepare
+from edgescreen.runtime.prepare import decode_recipe, decode_scaled, prepare
 from edgescreen.runtime.preprocess import PreprocessConfig, to_tensor
 
 from ..augment import augment, build_augmentation
@@ -40,9 +39,7 @@ class PreparedCache:
             {
                 "cfg": cfg.to_dict(),
                 "working_size": working_size,
-                "decode_side": decode_side(
-                    cfg, size=working_size
-                ),  # a new decode scale: re-prepare
+                "decode": decode_recipe(cfg, size=working_size),  # a new decode scale: re-prepare
             },
             sort_keys=True,
         )
@@ -123,8 +120,6 @@ class ScreeningDataset(Dataset):
         )
         self.seed = seed
         self.epoch = 0
-        # Decoded at the scale screening decodes at (one decoder), enough for the working size.
-        self.decode_side = decode_side(cfg, size=self.working_size)
         self.cache = PreparedCache(cache_dir, cfg, self.working_size) if cache_dir else None
         self._hashes: dict[int, str] = {}
 
@@ -144,7 +139,7 @@ class ScreeningDataset(Dataset):
             if cached is not None:
                 return cached
         source = sample.array if sample.array is not None else sample.path
-        decoded = decode(source, name=sample.ref, min_side=self.decode_side)
+        decoded = decode_scaled(source, self.cfg, size=self.working_size, name=sample.ref)
         out = prepare(decoded, self.cfg, gate=False, size=self.working_size).picture
         if self.cache is not None:
             self.cache.put(key, out)
