@@ -226,3 +226,19 @@ def test_antialias_brings_a_camera_original_and_its_copy_closer():
                 float(np.abs(preprocess(a, cfg) - preprocess(b, cfg)).mean())
             )
     assert np.mean(gaps[True]) < 0.8 * np.mean(gaps[False]), gaps
+
+
+def test_uint8_percentile_from_a_histogram_equals_numpys():
+    from edgescreen.runtime.preprocess import percentile_u8
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 7, 1000, 44_000):
+        for values in (
+            rng.integers(0, 256, n, dtype=np.uint8),
+            np.full(n, rng.integers(0, 256), np.uint8),  # flat: every rank one level
+            rng.choice(np.array([0, 255], np.uint8), n),  # two levels far apart
+        ):
+            for q in (0, 1, 33.3, 50, 90, 99, 100):
+                assert percentile_u8(values, q) == pytest.approx(np.percentile(values, q), abs=1e-9)
+    with pytest.raises(ValueError):
+        percentile_u8(np.array([], np.uint8), 50)
