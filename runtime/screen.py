@@ -49,7 +49,8 @@ class Screener:
         self.bundle = Path(bundle)
         self.card = load_card(self.bundle)
         self.precision = precision
-        options = {"threads": threads, "verify": verify}
+        # Prepare workers run between inference calls: the backend's threads must not spin.
+        options = {"threads": threads, "verify": verify, "spin": False}
         if dla_core is not None:
             options["dla_core"] = dla_core
         self.backend: Backend = (

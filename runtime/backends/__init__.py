@@ -132,8 +132,9 @@ def open_backend(
     """Open `backend` (or the best for `auto`) on the bundle's model for `precision`.
 
     Options common to every backend: `verify` (check the sha256 of the file about to run,
-    default True). ONNX Runtime: `threads`, `device` (auto | cpu | cuda), `target` (force an
-    INT8 form), `unfused_qdq`. TensorRT: `dla_core`, `device_ordinal`, `engine`.
+    default True), `spin` (let CPU inference threads busy-wait between runs, default True).
+    ONNX Runtime: `threads`, `device` (auto | cpu | cuda), `target` (force an INT8 form),
+    `unfused_qdq`. TensorRT: `dla_core`, `device_ordinal`, `engine`.
     """
     name = resolve(backend, bundle, card, precision, options)
     return _backend_class(name)(Path(bundle), card, precision, **options)

@@ -40,11 +40,18 @@ class OrtBackend:
         unfused_qdq: bool = False,
         verify: bool = True,
         dla_core: int | None = None,
+        spin: bool = True,
     ) -> None:
         """`unfused_qdq` runs Q/DQ nodes as written (quantize, dequantize, float op) instead
         of fusing them into ORT's x86 integer kernels, whose int16 intermediate saturation
         adds error TensorRT does not have: it is how the TensorRT-form INT8 file is judged
-        on a CPU."""
+        on a CPU.
+
+        `spin=False` lets ORT's threads sleep as soon as a run ends. By default they
+        busy-wait a while for the next run, which is fastest when the model has the cores
+        to itself; when other threads need them between runs (the Screener's prepare
+        workers) the spinning takes their time (measured: 10-20% more images/s end to
+        end on 2 cores, benchmarks/camera.py)."""
         if dla_core is not None:
             raise BackendUnavailable(
                 "a DLA core runs TensorRT engines only: screen with --backend tensorrt"
@@ -68,6 +75,8 @@ class OrtBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         def open_file(device_kind: str, providers: list[str]):
             key, artifact = choose_artifact(

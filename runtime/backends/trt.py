@@ -157,6 +157,7 @@ class TrtBackend:
         threads: int
         | None = None,  # accepted for a uniform call; TensorRT schedules its own kernels
         verify: bool = True,
+        spin: bool = True,  # accepted for a uniform call: ONNX Runtime's CPU threads only
     ) -> None:
         trt = import_tensorrt()
         self._trt = trt

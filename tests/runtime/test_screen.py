@@ -196,3 +196,17 @@ def test_the_callers_name_wins(dr_bundle, fundus_dir):
     with Screener(dr_bundle) as s:
         assert s.screen(decode(photo, name="decoded-name"), name="given-name").image == "given-name"
         assert s.screen(decode(photo, name="decoded-name")).image == "decoded-name"
+
+
+def test_inference_threads_sleep_between_batches_in_the_pipeline(dr_bundle):
+    """The prepare workers need the cores between inference calls: ORT must not spin there,
+    while a backend opened alone (latency benchmarks) keeps ORT's default."""
+    key = "session.intra_op.allow_spinning"
+    with Screener(dr_bundle, backend="onnxruntime") as screener:
+        assert screener.backend.session.get_session_options().get_session_config_entry(key) == "0"
+    from edgescreen.runtime.backends import open_backend
+    from edgescreen.runtime.card import load_card
+
+    with open_backend(dr_bundle, load_card(dr_bundle), "fp32", "onnxruntime") as alone:
+        with pytest.raises(Exception, match="does not have configuration"):  # ORT's default
+            alone.session.get_session_options().get_session_config_entry(key)
