@@ -5,7 +5,8 @@ the same photos. For each set, in one run:
 - runtime: `Screener.screen_many`, as `edgescreen screen`/`batch` run it;
 - per-image milliseconds of decode, quality gate, preprocessing and inference (the
   Screener's own timings);
-- prepare-only (decode + gate + preprocess in the runtime's threads) and infer-only rates,
+- decode-alone (prepare.decode_for, the scale screening decodes at, in the runtime's threads),
+  prepare-only (decode + gate + preprocess) and infer-only rates,
   and the two bounds they give: on a machine where prepare and inference share the CPU
   cores the bound is their summed work, 1 / (1/prepare + 1/infer); where a GPU runs the
   network it is the slower of the two;
@@ -14,9 +15,16 @@ the same photos. For each set, in one run:
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from edgescreen.runtime.card import load_card
+from edgescreen.runtime.prepare import decode_for
 
 from .pipeline import decode_only, infer_only, screen_timed
 
@@ -31,6 +39,17 @@ def pairs(fullres_dir: Path) -> list[tuple[Path, Path]]:
             if copy:
                 out.append((fullres_dir / row["filename"], copies / copy))
     return out
+
+
+def decode_alone(bundle: Path, images: list[Path], *, workers: int) -> float:
+    """Images/s of decoding alone, at the scale screening decodes at (no gate, no crop)."""
+    card = load_card(bundle)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        start = time.perf_counter()
+        for _ in pool.map(lambda path: decode_for(path, card), images):
+            pass
+        seconds = time.perf_counter() - start
+    return len(images) / seconds
 
 
 def bounds(prepare_rate: float, infer_rate: float) -> dict[str, float]:
@@ -72,6 +91,8 @@ def run_camera(
         inferred = infer_only(
             bundle, tensors, precision=precision, threads=threads, batch_size=batch_size
         )
+        run["decode_alone_per_s"] = decode_alone(bundle, images, workers=workers)
+        run["vs_decode_alone"] = run["images_per_s"] / run["decode_alone_per_s"]
         run["prepare_only_per_s"] = prepared["images_per_s"]
         run["infer_only_per_s"] = inferred["images_per_s"]
         run["bounds"] = bounds(prepared["images_per_s"], inferred["images_per_s"])
@@ -95,3 +116,28 @@ def run_camera(
         out["originals"]["images_per_s"] / out["copies_768"]["images_per_s"]
     )
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m edgescreen.benchmarks.camera BUNDLE FULLRES_DIR`: run_camera's JSON on stdout."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("fullres", type=Path, help="a fundus-dr-srahim-fullres-style folder")
+    p.add_argument("--precision", default="int8", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=int, default=None)
+    args = p.parse_args(argv)
+    out = run_camera(
+        args.bundle,
+        args.fullres,
+        precision=args.precision,
+        threads=args.threads,
+        workers=args.workers,
+        limit=args.limit,
+    )
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

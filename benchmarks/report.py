@@ -190,8 +190,8 @@ def markdown(data: dict[str, Any]) -> str:
             f"## Camera-resolution uploads ({cam['photos']} originals beside their 768 px copies, "
             f"{cam['precision']}, {cam['workers']} prepare workers)",
             "",
-            "| input | images/s | decode ms | gate ms | preprocess ms | infer ms | bound (shared cores) | bound (GPU) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| input | images/s | decode ms | gate ms | preprocess ms | infer ms | bound (shared cores) | bound (GPU) | decoding alone |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for key in ("originals", "copies_768"):
             r, ms = cam[key], cam[key]["ms_per_image"]
@@ -199,7 +199,12 @@ def markdown(data: dict[str, Any]) -> str:
                 f"| {key.replace('_', ' ')} | {fmt(r['images_per_s'], 1)} | {fmt(ms['decode'], 1)} | "
                 f"{fmt(ms['quality'], 1)} | {fmt(ms['preprocess'], 1)} | {fmt(ms['infer'], 1)} | "
                 f"{fmt(r['bounds']['shared_cores'], 1)} ({r['vs_shared_cores_bound']:.2f}×) | "
-                f"{fmt(r['bounds']['separate_devices'], 1)} ({r['vs_separate_devices_bound']:.2f}×) |"
+                f"{fmt(r['bounds']['separate_devices'], 1)} ({r['vs_separate_devices_bound']:.2f}×) | "
+                + (
+                    f"{fmt(r['decode_alone_per_s'], 1)} ({r['vs_decode_alone']:.2f}×) |"
+                    if "decode_alone_per_s" in r
+                    else "- |"
+                )
             )
         agree = cam["agreement"]
         lines += [

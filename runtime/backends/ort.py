@@ -50,7 +50,7 @@ class OrtBackend:
         `spin=False` lets ORT's threads sleep as soon as a run ends. By default they
         busy-wait a while for the next run, which is fastest when the model has the cores
         to itself; when other threads need them between runs (the Screener's prepare
-        workers) the spinning takes their time (measured: 10-20% more images/s end to
+        workers) the spinning takes their time (measured: 8-20% more images/s end to
         end on 2 cores, benchmarks/camera.py)."""
         if dla_core is not None:
             raise BackendUnavailable(
