@@ -101,3 +101,19 @@ def test_synthetic_set_with_clipped_circles_gradable(tmp_path):
         assert report.gradable, (p.name, report.to_dict())
         cut += bool(disc.cuts)
     assert cut >= 39
+
+
+@pytest.mark.slow  # 3 camera-size blurs and encodes: about 4 s
+def test_defocused_camera_original_rejected_at_the_scale_screening_decodes(camera_pairs):
+    """A 10-megapixel photo defocused as much as sigma 6 px at 768 px, saved as JPEG, is
+    decoded at 1/8 like any clipped-circle original and still found blurred."""
+    cfg, limits = PreprocessConfig.default("fundus", 160), default_limits("fundus")
+    for original, _ in camera_pairs[::16]:
+        blurred = cv2.GaussianBlur(cv2.imread(str(original)), (0, 0), 6 * 3872 / 768)
+        for quality in (70, 95):
+            ok, buf = cv2.imencode(".jpg", blurred, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            assert ok
+            decoded = decode_scaled(buf.tobytes(), cfg, limits)
+            assert decoded.scale == 1 / 8, original.name
+            report = assess_quality(decoded.image, "fundus", limits, disc=decoded.disc)
+            assert report.codes == ["blurred"], (original.name, quality, report.to_dict())

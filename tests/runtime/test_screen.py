@@ -207,6 +207,8 @@ def test_inference_threads_sleep_between_batches_in_the_pipeline(dr_bundle):
     from edgescreen.runtime.backends import open_backend
     from edgescreen.runtime.card import load_card
 
-    with open_backend(dr_bundle, load_card(dr_bundle), "fp32", "onnxruntime") as alone:
-        with pytest.raises(Exception, match="does not have configuration"):  # ORT's default
-            alone.session.get_session_options().get_session_config_entry(key)
+    with (
+        open_backend(dr_bundle, load_card(dr_bundle), "fp32", "onnxruntime") as alone,
+        pytest.raises(Exception, match="does not have configuration"),  # ORT's default
+    ):
+        alone.session.get_session_options().get_session_config_entry(key)
