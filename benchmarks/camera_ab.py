@@ -28,13 +28,20 @@ from typing import Any
 
 PACKAGES = ("runtime", "train", "export")
 # Runs one mode and prints run_camera's JSON as the last line.
+# "full": every upload decoded at full resolution (decode_for replaced before the benchmark
+# imports it; prepare_source looks it up in its module at each call).
 _ONE = """
 import json, sys
 if sys.argv[1] == "full":
     import edgescreen.runtime.prepare as prepare
-    prepare.decode_side = lambda *a, **k: None
+    from edgescreen.runtime.imageio import Decoded, decode
+    def decode_for(source, card, *, name=None):
+        if isinstance(source, Decoded):
+            return source
+        return decode(source, name=name, max_pixels=card.input.max_pixels)
+    prepare.decode_for = decode_for
 from edgescreen.benchmarks.camera import run_camera
-print(json.dumps(run_camera(sys.argv[2], sys.argv[3], precision=sys.argv[4])))
+print("RESULT " + json.dumps(run_camera(sys.argv[2], sys.argv[3], precision=sys.argv[4])))
 """
 
 
@@ -51,11 +58,21 @@ def _namespace(checkout: Path, here: Path, into: Path) -> Path:
 def run_modes(
     bundle: Path, fullres: Path, against: Path, *, rounds: int, precision: str = "int8"
 ) -> dict[str, list[dict[str, Any]]]:
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     here = Path(__file__).resolve().parent
     runs: dict[str, list[dict[str, Any]]] = {"full decode": [], "before": [], "now": []}
     with tempfile.TemporaryDirectory() as tmp:
-        earlier = dict(os.environ, PYTHONPATH=str(_namespace(Path(against), here, Path(tmp))))
-        envs = {"full decode": earlier, "before": earlier, "now": dict(os.environ)}
+        (Path(tmp) / "earlier").mkdir()
+        (Path(tmp) / "now").mkdir()
+        earlier_path = _namespace(Path(against), here, Path(tmp) / "earlier")
+        now_path = _namespace(here.parent, here, Path(tmp) / "now")  # this tree, not an install
+        earlier = dict(os.environ, PYTHONPATH=str(earlier_path))
+        envs = {
+            "full decode": earlier,
+            "before": earlier,
+            "now": dict(os.environ, PYTHONPATH=str(now_path)),
+        }
         for r in range(rounds):
             for mode, env in envs.items():
                 args = ["full" if mode == "full decode" else "as-is", str(bundle), str(fullres)]
@@ -66,9 +83,13 @@ def run_modes(
                     text=True,
                     check=False,
                 )
-                if done.returncode:
-                    raise RuntimeError(f"{mode} run failed:\n{done.stderr[-4000:]}")
-                runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                found = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+                if done.returncode or not found:
+                    raise RuntimeError(
+                        f"round {r + 1}, {mode}: the run failed (exit {done.returncode}):\n"
+                        f"{done.stderr[-4000:]}"
+                    )
+                runs[mode].append(json.loads(found[-1].removeprefix("RESULT ")))
                 orig = runs[mode][-1]["originals"]
                 print(f"round {r + 1} {mode}: originals {orig['images_per_s']:.1f}/s", flush=True)
     return runs

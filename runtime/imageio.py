@@ -54,7 +54,7 @@ class Decoded:
     original_size: tuple[int, int] | None = None
     scale: float = 1.0  # decoded shorter side / original shorter side: < 1 when min_side reduced it
     # The fundus field of view, when choosing the decode scale already needed it
-    # (prepare.decode_for); prepare() then does not search for it again.
+    # (prepare.decode_scaled); prepare() then does not search for it again.
     disc: Disc | None = None
 
     @property
@@ -220,6 +220,8 @@ def _check_min_side(min_side: int | None) -> None:
 def jpeg_reduction(data: bytes, min_side: int) -> int:
     """The DCT-domain reduction k (1, 2, 4 or 8) decode(data, min_side=min_side) would use;
     1 for anything that is not a JPEG with a readable header."""
+    if min_side is None:
+        raise ValueError("min_side must be a positive integer, got None")
     _check_min_side(min_side)
     sof = _jpeg_sof(data) if data[:3] == b"\xff\xd8\xff" else None
     return 1 if sof is None else _reduction(min(sof[:2]), min_side)

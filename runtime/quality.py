@@ -454,7 +454,7 @@ def coarse_measuring_side(modality: str) -> int | None:
     """A shorter side at which a fundus disc clipped by the frame's top and bottom is still
     measurable (radius >= MIN_DISC_RADIUS); None where no such shortcut exists (OCT/CXR).
 
-    A smaller disc at that scale needs measuring_side's decode instead (prepare.decode_for
+    A smaller disc at that scale needs measuring_side's decode instead (prepare.decode_scaled
     checks the disc it finds and decodes again when it falls short).
     """
     if modality != "fundus":

@@ -50,8 +50,9 @@ class OrtBackend:
         `spin=False` lets ORT's threads sleep as soon as a run ends. By default they
         busy-wait a while for the next run, which is fastest when the model has the cores
         to itself; when other threads need them between runs (the Screener's prepare
-        workers) the spinning takes their time (measured: 8-20% more images/s end to
-        end on 2 cores, benchmarks/camera.py)."""
+        workers) the spinning takes their time (measured on 2 cores, the Screener on the 40
+        camera originals with and without it in two alternated rounds of
+        benchmarks/camera.py: 8-20% more images/s; not kept as a results file)."""
         if dla_core is not None:
             raise BackendUnavailable(
                 "a DLA core runs TensorRT engines only: screen with --backend tensorrt"

@@ -70,11 +70,18 @@ def test_small_or_missing_disc_is_decoded_again_at_the_safe_scale(what, data):
     assert d.disc is None, what  # found again (or not) by prepare, at this scale
 
 
-def test_non_jpeg_and_arrays_take_the_safe_scale_once():
+def test_non_jpeg_and_arrays_take_the_safe_scale_once(monkeypatch):
+    import edgescreen.runtime.prepare as prepare_module
+
     png = _photo(radius=int(0.6 * H), fmt=".png")
     side = decode_side(CFG, LIMITS)
+    calls = []
+    monkeypatch.setattr(
+        prepare_module, "decode", lambda *a, **k: calls.append(k) or decode(*a, **k)
+    )
     d = decode_scaled(png, CFG, LIMITS)
-    assert min(d.image.shape[:2]) == side and d.disc is None  # resized once, never twice
+    assert [c["min_side"] for c in calls] == [side]  # decoded (and resized) once, never twice
+    assert min(d.image.shape[:2]) == side and d.disc is None
     array = decode(png).image
     a = decode_scaled(array, CFG, LIMITS)
     assert min(a.image.shape[:2]) == side and a.disc is None
@@ -82,10 +89,40 @@ def test_non_jpeg_and_arrays_take_the_safe_scale_once():
     assert decode_scaled(already, CFG, LIMITS) is already
 
 
-def test_the_choice_depends_on_the_file_alone(tmp_path):
+def test_path_and_bytes_of_one_file_decode_alike(tmp_path):
     """Path and bytes of one file decode identically (screening, heatmaps, training agree)."""
     data = _photo(radius=int(0.6 * H))
     path = tmp_path / "photo.jpg"
     path.write_bytes(data)
     a, b = decode_scaled(path, CFG, LIMITS), decode_scaled(data, CFG, LIMITS)
     assert a.name == str(path) and np.array_equal(a.image, b.image) and a.scale == b.scale
+
+
+def test_pixel_limit_holds_on_the_coarse_path():
+    from edgescreen.runtime.errors import ImageError
+
+    with pytest.raises(ImageError, match="over the limit"):
+        decode_scaled(_photo(radius=int(0.6 * H)), CFG, LIMITS, max_pixels=W * H - 1, name="big")
+
+
+def test_a_picture_larger_than_the_disc_allows_takes_the_safe_scale():
+    # A model input (or training working size) over twice the coarse disc's radius would be
+    # enlarged from it: then the coarse scale is not used.
+    big = PreprocessConfig.default("fundus", 400)
+    d = decode_scaled(_photo(radius=int(0.6 * H)), big, LIMITS)
+    assert d.scale > 1 / 8 and d.disc is None
+
+
+def test_training_decodes_a_camera_photo_at_screenings_scale(tmp_path):
+    """The dataset's call (no limits, its working size) and decode_for's (the card's limits,
+    input size) choose the same scale for the shipped DR configuration."""
+    from edgescreen.train.config import load_config
+
+    cfg = load_config("multitask-tiny")
+    data = _photo(radius=int(0.6 * H))
+    screening = decode_scaled(data, PreprocessConfig.default("fundus", cfg.input_size), LIMITS)
+    training = decode_scaled(
+        data, PreprocessConfig.default("fundus", cfg.input_size), size=cfg.working_size
+    )
+    assert screening.scale == training.scale == pytest.approx(1 / 8)
+    assert np.array_equal(screening.image, training.image)
