@@ -287,6 +287,32 @@ class Disc:
     def fallback(cls, height: int, width: int) -> Disc:
         return cls(width / 2, height / 2, max(height, width) / 2, False, False, 0.0, 0.0)
 
+    def scaled(self, fx: float, fy: float) -> Disc:
+        """The same field of view in a copy of the image resized by (fx, fy).
+
+        Pixel centres sit at integers, so a point x maps to (x + 0.5) * f - 0.5; the radius
+        takes the mean factor (a decoder's 1/k copy differs from a true 1/k by a rounding
+        pixel at most).
+        """
+
+        def cut(nx: float, ny: float, c: float) -> tuple[float, float, float]:
+            # n . x > c in this image is n' . x' > c' in the copy, n' the normal of (nx/fx, ny/fy).
+            mx, my = nx / fx, ny / fy
+            norm = math.hypot(mx, my)
+            c_copy = c + 0.5 * (nx + ny) - 0.5 * (mx + my)
+            return mx / norm, my / norm, c_copy / norm
+
+        return Disc(
+            (self.cx + 0.5) * fx - 0.5,
+            (self.cy + 0.5) * fy - 0.5,
+            self.radius * (fx + fy) / 2,
+            self.found,
+            self.clipped,
+            self.fov_fraction,
+            self.fit_iou,
+            tuple(cut(*c) for c in self.cuts),
+        )
+
 
 def _circle_fraction_inside(cx: float, cy: float, r: float, h: int, w: int) -> float:
     """Share of a circle's area inside the rectangle [0, w] x [0, h] (numerical, exact enough)."""

@@ -13,7 +13,7 @@ import pytest
 
 from edgescreen.runtime.imageio import Decoded, decode
 from edgescreen.runtime.prepare import decode_recipe, decode_scaled, decode_side, prepare
-from edgescreen.runtime.preprocess import PreprocessConfig, find_fundus_disc
+from edgescreen.runtime.preprocess import Disc, PreprocessConfig, find_fundus_disc
 from edgescreen.runtime.quality import MIN_DISC_RADIUS, coarse_measuring_side, default_limits
 
 W, H = 3872, 2592  # the shared camera originals' size
@@ -55,19 +55,31 @@ def test_clipped_circle_decodes_at_one_eighth_and_keeps_its_disc():
     assert (again.cx, again.cy, again.radius) == (d.disc.cx, d.disc.cy, d.disc.radius)
 
 
-@pytest.mark.parametrize(
-    "what, data",
-    [
-        ("circle inside the frame", lambda: _photo(radius=int(0.45 * H))),  # 146 px at 1/8
-        ("no disc at all", lambda: _photo(radius=0)),
-    ],
-)
-def test_small_or_missing_disc_is_decoded_again_at_the_safe_scale(what, data):
-    d = decode_scaled(data(), CFG, LIMITS)
+def test_circle_inside_the_frame_is_decoded_again_and_keeps_its_disc_scaled():
+    data = _photo(radius=int(0.45 * H))  # 146 px at 1/8: too small to measure there
+    d = decode_scaled(data, CFG, LIMITS)
     side = decode_side(CFG, LIMITS)
-    assert d.scale == pytest.approx(1 / 4), what  # 2592 / 4 = 648 >= side > 2592 / 8
-    assert min(d.image.shape[:2]) >= side, what
-    assert d.disc is None, what  # found again (or not) by prepare, at this scale
+    assert d.scale == pytest.approx(1 / 4)  # 2592 / 4 = 648 >= side > 2592 / 8
+    assert min(d.image.shape[:2]) >= side
+    fresh = find_fundus_disc(d.image)  # what prepare would have searched for
+    assert d.disc is not None and d.disc.found
+    assert abs(d.disc.cx - fresh.cx) < 1 and abs(d.disc.cy - fresh.cy) < 1
+    assert abs(d.disc.radius - fresh.radius) < 1 and d.disc.radius < 2 * MIN_DISC_RADIUS
+
+
+def test_photo_without_a_disc_is_decoded_again_and_searched_there():
+    d = decode_scaled(_photo(radius=0), CFG, LIMITS)
+    assert d.scale == pytest.approx(1 / 4) and d.disc is None
+
+
+def test_a_scaled_disc_keeps_its_cuts_on_the_same_pixels():
+    cut = Disc(100.0, 80.0, 90.0, True, True, 0.9, 0.95, ((0.0, 1.0, 150.0),))  # y > 150 out
+    big = cut.scaled(2.0, 2.0)
+    assert (big.cx, big.cy, big.radius) == (200.5, 160.5, 180.0)
+    ((nx, ny, c),) = big.cuts
+    # The edge runs through the centre of small row 150, which covers big rows 300-301: the
+    # boundary falls between them, at the centre line y = 300.5.
+    assert (nx, ny) == (0.0, 1.0) and c == pytest.approx(300.5)
 
 
 def test_non_jpeg_and_arrays_take_the_safe_scale_once(monkeypatch):
