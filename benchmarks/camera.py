@@ -15,9 +15,7 @@ the same photos. For each set, in one run:
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,28 +125,3 @@ def run_camera(
         out["originals"]["images_per_s"] / out["copies_768"]["images_per_s"]
     )
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m edgescreen.benchmarks.camera BUNDLE FULLRES_DIR`: run_camera's JSON on stdout."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle", type=Path)
-    p.add_argument("fullres", type=Path, help="a fundus-dr-srahim-fullres-style folder")
-    p.add_argument("--precision", default="int8", choices=("fp32", "fp16", "int8"))
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--limit", type=int, default=None)
-    args = p.parse_args(argv)
-    out = run_camera(
-        args.bundle,
-        args.fullres,
-        precision=args.precision,
-        threads=args.threads,
-        workers=args.workers,
-        limit=args.limit,
-    )
-    print(json.dumps(out, indent=2))
-
-
-if __name__ == "__main__":
-    main()

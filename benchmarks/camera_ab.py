@@ -27,7 +27,7 @@ from statistics import median
 from typing import Any
 
 PACKAGES = ("runtime", "train", "export")
-# Runs one mode and prints run_camera's JSON as the last line.
+# Runs one mode and prints run_camera's JSON on a line of its own, after "RESULT ".
 # "full": every upload decoded at full resolution (decode_for replaced before the benchmark
 # imports it; prepare_source looks it up in its module at each call).
 _ONE = """

@@ -220,7 +220,7 @@ def _check_min_side(min_side: int | None) -> None:
 def jpeg_reduction(data: bytes, min_side: int) -> int:
     """The DCT-domain reduction k (1, 2, 4 or 8) decode(data, min_side=min_side) would use;
     1 for anything that is not a JPEG with a readable header."""
-    if min_side is None:
+    if min_side is None:  # decode() takes None as "full size"; a reduction needs a side
         raise ValueError("min_side must be a positive integer, got None")
     _check_min_side(min_side)
     sof = _jpeg_sof(data) if data[:3] == b"\xff\xd8\xff" else None

@@ -71,7 +71,13 @@ def decode_side(
     minimum size, so no step sees fewer pixels than it uses; a 10-megapixel JPEG then
     decodes at 1/4 in the DCT domain, and a 768 px photo is decoded as it is.
     """
-    return max(measuring_side(cfg.modality), size or cfg.size, limits.min_side if limits else 0)
+    return max(measuring_side(cfg.modality), _picture_side(cfg, limits, size))
+
+
+def _picture_side(cfg: PreprocessConfig, limits: QualityLimits | None, size: int | None) -> int:
+    """What every decode scale must keep beside the gate's: the picture cropped, the gate's
+    minimum size."""
+    return max(size or cfg.size, limits.min_side if limits else 0)
 
 
 def decode_for(
@@ -104,9 +110,9 @@ def decode_scaled(
     decode is the price for a camera whose circle lies inside the frame: to decode and
     prepare a synthetic 10-megapixel photo (tests/runtime/test_prepare_scale.py's) took 22
     ms against 17 at the safe scale alone; a clipped one took 12 against 18 (one core,
-    medians of 15 alternated runs). The choice depends on the file and the sizes passed (the card's, or training's
-    working size), so screening, training, the heatmap overlay and a rerun all decode a
-    photo the same way.
+    medians of 15 alternated runs). The choice depends on the file and the sizes passed
+    (the card's, or training's working size), so screening, training, the heatmap overlay
+    and a rerun all decode a photo the same way.
     """
     if isinstance(source, Decoded):
         return source
@@ -115,8 +121,9 @@ def decode_scaled(
     if coarse is None or isinstance(source, np.ndarray):
         return decode(source, name=name, max_pixels=max_pixels, min_side=side)
     label = name or _label(source)
-    data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else None
-    if data is None:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    else:
         data = read_file(source, name=label)
     if jpeg_reduction(data, coarse) > jpeg_reduction(data, side):
         first = decode(data, name=label, max_pixels=max_pixels, min_side=coarse)
@@ -148,9 +155,7 @@ def _coarse_side(
     cfg: PreprocessConfig, limits: QualityLimits | None, size: int | None
 ) -> int | None:
     coarse = coarse_measuring_side(cfg.modality)
-    if coarse is None:
-        return None
-    return max(coarse, size or cfg.size, limits.min_side if limits else 0)
+    return None if coarse is None else max(coarse, _picture_side(cfg, limits, size))
 
 
 def prepare(
